@@ -1,0 +1,93 @@
+"""PyTorch models shared by torch_loop (fast-weight dicts) and torch_func (functional_call).
+
+Parameter names match benchmarks/workloads.py: fc1..fc3 for the MLP;
+conv1..4, bn1..4 and head for Conv4.
+"""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def to_torch(problem):
+    """Problem -> (params dict of leaf tensors, data dict of tensors)."""
+    params = {k: torch.tensor(v) for k, v in problem.params.items()}
+    data = {k: torch.from_numpy(v) for k, v in problem.data.items()}
+    return params, data
+
+
+def to_numpy(grads, names):
+    return {k: g.detach().numpy().astype("float64") for k, g in zip(names, grads)}
+
+
+# ------------------------------------------------------- functional forwards
+
+def mlp(params, x):
+    """ReLU MLP fc1 -> fc2 -> fc3 on x (..., 1)."""
+    h = F.relu(F.linear(x, params["fc1.weight"], params["fc1.bias"]))
+    h = F.relu(F.linear(h, params["fc2.weight"], params["fc2.bias"]))
+    return F.linear(h, params["fc3.weight"], params["fc3.bias"])
+
+
+def conv4(params, x):
+    """Conv4 on x (N, 1, 28, 28): (N, 5) logits with a head, else (N, 64) embeddings."""
+    for i in range(1, 5):
+        x = F.conv2d(x, params[f"conv{i}.weight"], params[f"conv{i}.bias"], padding=1)
+        # batch statistics, no running averages (MAML's transductive batch norm)
+        x = F.batch_norm(x, None, None, params[f"bn{i}.weight"], params[f"bn{i}.bias"],
+                         training=True, eps=1e-5)
+        x = F.max_pool2d(F.relu(x), 2)
+    x = x.flatten(1)
+    if "head.weight" in params:
+        x = F.linear(x, params["head.weight"], params["head.bias"])
+    return x
+
+
+def sq_dist(a, b):
+    """Squared Euclidean distances: (n, d), (m, d) -> (n, m)."""
+    return ((a[:, None, :] - b[None, :, :]) ** 2).sum(-1)
+
+
+def protonet_loss(embed, params, data, n_way, k_shot):
+    """Prototypical Networks loss (Snell et al. 2017, Eq. 1 and 2).
+
+    Support and query go through the embedding in one batch (the batch-norm
+    statistics are those of the whole episode).
+    """
+    n_support = data["support_x"].shape[0]
+    z = embed(params, torch.cat([data["support_x"], data["query_x"]]))
+    prototypes = z[:n_support].reshape(n_way, k_shot, -1).mean(1)     # (n_way, d)
+    logits = -sq_dist(z[n_support:], prototypes)                      # (n_query, n_way)
+    return F.cross_entropy(logits, data["query_y"])
+
+
+# ------------------------------------------------------------ nn.Modules
+
+class MLP(nn.Module):
+    def __init__(self, sizes=(1, 40, 40, 1)):
+        super().__init__()
+        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):
+            setattr(self, f"fc{i}", nn.Linear(a, b))
+
+    def forward(self, x):
+        h = F.relu(self.fc1(x))
+        h = F.relu(self.fc2(h))
+        return self.fc3(h)
+
+
+class Conv4(nn.Module):
+    def __init__(self, head=True, hidden=64, n_out=5):
+        super().__init__()
+        c_in = 1
+        for i in range(1, 5):
+            setattr(self, f"conv{i}", nn.Conv2d(c_in, hidden, 3, padding=1))
+            setattr(self, f"bn{i}", nn.BatchNorm2d(hidden, track_running_stats=False))
+            c_in = hidden
+        if head:
+            self.head = nn.Linear(hidden, n_out)
+
+    def forward(self, x):
+        for i in range(1, 5):
+            x = getattr(self, f"bn{i}")(getattr(self, f"conv{i}")(x))
+            x = F.max_pool2d(F.relu(x), 2)
+        x = x.flatten(1)
+        return self.head(x) if hasattr(self, "head") else x

@@ -1,0 +1,103 @@
+"""PyTorch, the classic way: a Python loop over tasks with fast-weight dicts and
+torch.autograd.grad(create_graph=True) for the inner step. This is the
+reference every other implementation is checked against.
+"""
+from . import Runner
+
+try:
+    import torch
+    import torch.nn.functional as F
+    from .torch_common import conv4, mlp, protonet_loss, to_numpy, to_torch
+except ImportError as e:          # reported by available()
+    torch, _MISSING = None, str(e)
+
+NAME = "torch_loop"
+
+
+def available():
+    return (True, "") if torch is not None else (False, f"torch not installed ({_MISSING})")
+
+
+def _inner_loop(theta, loss_fn, alpha, steps, first_order):
+    """phi = theta - alpha * grad L_support(theta), `steps` times (MAML Eq. 1)."""
+    phi = theta
+    for _ in range(steps):
+        grads = torch.autograd.grad(loss_fn(phi), list(phi.values()),
+                                    create_graph=not first_order)
+        # first order: the returned grads are constants, the Hessian term drops
+        phi = {k: w - alpha * g for (k, w), g in zip(phi.items(), grads)}
+    return phi
+
+
+def _maml(problem, forward, support_loss, query_loss):
+    """Generic MAML meta-gradient: grad_theta mean_t L_query_t(phi_t)."""
+    theta, data = to_torch(problem)
+    for w in theta.values():
+        w.requires_grad_(True)
+    h = problem.hyper
+    n_tasks = data["support_x"].shape[0]
+    out = {}
+
+    def step():
+        total = 0.0
+        for t in range(n_tasks):
+            phi = _inner_loop(theta, lambda p: support_loss(forward(p, data["support_x"][t]), t),
+                              h["alpha"], h["inner_steps"], h["first_order"])
+            total = total + query_loss(forward(phi, data["query_x"][t]), t)
+        out["grads"] = torch.autograd.grad(total / n_tasks, list(theta.values()))
+
+    return Runner(step, lambda: to_numpy(out["grads"], theta.keys()))
+
+
+def maml_sine(problem):
+    ys = {k: torch.from_numpy(problem.data[f"{k}_y"]) for k in ("support", "query")}
+    return _maml(problem, mlp,
+                 lambda pred, t: F.mse_loss(pred, ys["support"][t]),
+                 lambda pred, t: F.mse_loss(pred, ys["query"][t]))
+
+
+def maml_conv4(problem):
+    ys = {k: torch.from_numpy(problem.data[f"{k}_y"]) for k in ("support", "query")}
+    return _maml(problem, conv4,
+                 lambda logits, t: F.cross_entropy(logits, ys["support"][t]),
+                 lambda logits, t: F.cross_entropy(logits, ys["query"][t]))
+
+
+def reptile_sine(problem):
+    """Reptile (Nichol et al. 2018, Algorithm 1): direction mean_t (phi_t - theta)."""
+    theta, data = to_torch(problem)
+    h = problem.hyper
+    n_tasks = data["support_x"].shape[0]
+    out = {}
+
+    def step():
+        direction = {k: torch.zeros_like(w) for k, w in theta.items()}
+        for t in range(n_tasks):
+            phi = {k: w.clone().requires_grad_(True) for k, w in theta.items()}
+            for _ in range(h["inner_steps"]):
+                loss = F.mse_loss(mlp(phi, data["support_x"][t]), data["support_y"][t])
+                grads = torch.autograd.grad(loss, list(phi.values()))
+                with torch.no_grad():
+                    phi = {k: (w - h["alpha"] * g).requires_grad_(True)
+                           for (k, w), g in zip(phi.items(), grads)}
+            with torch.no_grad():
+                for k in direction:
+                    direction[k] += (phi[k] - theta[k]) / n_tasks
+        out["direction"] = direction
+
+    return Runner(step, lambda: {k: v.numpy().astype("float64") for k, v in out["direction"].items()})
+
+
+def protonet(problem):
+    """Prototypical Networks episode: gradient of the query loss w.r.t. all Conv4 parameters."""
+    params, data = to_torch(problem)
+    for w in params.values():
+        w.requires_grad_(True)
+    h = problem.hyper
+    out = {}
+
+    def step():
+        loss = protonet_loss(conv4, params, data, h["n_way"], h["k_shot"])
+        out["grads"] = torch.autograd.grad(loss, list(params.values()))
+
+    return Runner(step, lambda: to_numpy(out["grads"], params.keys()))

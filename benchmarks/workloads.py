@@ -1,0 +1,184 @@
+"""Deterministic benchmark problems, built in plain NumPy.
+
+Every implementation (scratchmeta and each peer) receives the same `Problem`:
+parameters in PyTorch layout (linear weight (out, in), conv weight
+(out, in, kh, kw)), data batches and hyper-parameters, all seeded. Each
+returns its result as a dict name -> float64 NumPy array with the same keys,
+so the results can be compared entry by entry.
+
+Workloads
+---------
+maml_sine_2nd  sinusoid MAML meta-gradient, second order (Finn et al. 2017,
+               arXiv:1703.03400v3, Eq. 1 inside, the meta-objective outside):
+               grad_theta mean_t L_query_t(theta - alpha grad L_support_t(theta))
+maml_sine_1st  the same with the inner gradient held constant (FOMAML)
+reptile_sine   Reptile's outer direction (arXiv:1803.02999, Algorithm 1):
+               mean_t (phi_t - theta), phi_t after k SGD steps on task t
+maml_conv4     5-way 1-shot MAML meta-gradient of a Conv4 on 28x28 images
+protonet       a 5-way 1-shot Prototypical Networks episode (arXiv:1703.05175,
+               Eq. 1 prototypes, Eq. 2 distance softmax): gradient of the
+               query cross-entropy w.r.t. all Conv4 parameters
+"""
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+SEED = 0
+
+
+@dataclass
+class Problem:
+    """One workload instance: what every implementation gets."""
+
+    name: str                 # workload name, e.g. "maml_sine_2nd"
+    kind: str                 # peer function to call: maml_sine | reptile_sine | maml_conv4 | protonet
+    params: "OrderedDict[str, np.ndarray]"
+    data: dict                # name -> np.ndarray (labels are int64)
+    hyper: dict = field(default_factory=dict)
+
+    @property
+    def dtype(self):
+        return next(iter(self.params.values())).dtype
+
+
+# ----------------------------------------------------------------- parameters
+
+def _uniform(rng, shape, fan_in, dtype):
+    """PyTorch's default Linear/Conv2d init range: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    bound = 1.0 / np.sqrt(fan_in)
+    return rng.uniform(-bound, bound, size=shape).astype(dtype)
+
+
+def mlp_params(rng, sizes=(1, 40, 40, 1), dtype=np.float64):
+    """MLP fc1..fcL; weight (out, in), bias (out,)."""
+    params = OrderedDict()
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):
+        params[f"fc{i}.weight"] = _uniform(rng, (n_out, n_in), n_in, dtype)
+        params[f"fc{i}.bias"] = _uniform(rng, (n_out,), n_in, dtype)
+    return params
+
+
+def conv4_params(rng, in_channels=1, hidden=64, n_out=5, head=True, dtype=np.float64):
+    """Conv4: four blocks conv3x3(pad 1) -> batch norm -> ReLU -> maxpool 2x2, then head.
+
+    On 28x28 inputs the spatial size goes 28 -> 14 -> 7 -> 3 -> 1, so the
+    flattened embedding has `hidden` = 64 features.
+    """
+    params = OrderedDict()
+    c_in = in_channels
+    for i in range(1, 5):
+        fan_in = c_in * 3 * 3
+        params[f"conv{i}.weight"] = _uniform(rng, (hidden, c_in, 3, 3), fan_in, dtype)
+        params[f"conv{i}.bias"] = _uniform(rng, (hidden,), fan_in, dtype)
+        # batch-norm affine parameters: perturbed around PyTorch's (1, 0)
+        # so that a wrong gradient for them cannot hide behind symmetry
+        params[f"bn{i}.weight"] = (1.0 + 0.1 * rng.standard_normal(hidden)).astype(dtype)
+        params[f"bn{i}.bias"] = (0.1 * rng.standard_normal(hidden)).astype(dtype)
+        c_in = hidden
+    if head:
+        params["head.weight"] = _uniform(rng, (n_out, hidden), hidden, dtype)
+        params["head.bias"] = _uniform(rng, (n_out,), hidden, dtype)
+    return params
+
+
+# ----------------------------------------------------------------------- data
+
+def sine_tasks(rng, n_tasks, k_support=10, k_query=10, dtype=np.float64):
+    """Sinusoid regression tasks: y = A sin(x - phase), A in [0.1, 5], phase in [0, pi], x in [-5, 5]."""
+    amplitude = rng.uniform(0.1, 5.0, size=(n_tasks, 1, 1))
+    phase = rng.uniform(0.0, np.pi, size=(n_tasks, 1, 1))
+
+    def draw(k):
+        x = rng.uniform(-5.0, 5.0, size=(n_tasks, k, 1))
+        return x.astype(dtype), (amplitude * np.sin(x - phase)).astype(dtype)
+
+    support_x, support_y = draw(k_support)
+    query_x, query_y = draw(k_query)
+    # shapes: (tasks, points, 1)
+    return dict(support_x=support_x, support_y=support_y, query_x=query_x, query_y=query_y)
+
+
+def image_episode(rng, n_way=5, k_shot=1, n_query=15, size=28, dtype=np.float64):
+    """One synthetic N-way K-shot episode of 1x28x28 images.
+
+    Each class is a random template; its images are the template plus noise.
+    Support and query are class-major: labels [0]*k + [1]*k + ...
+    """
+    templates = rng.random((n_way, 1, size, size))
+
+    def draw(per_class):
+        labels = np.repeat(np.arange(n_way), per_class)
+        noise = rng.random((len(labels), 1, size, size))
+        return (0.7 * templates[labels] + 0.3 * noise).astype(dtype), labels.astype(np.int64)
+
+    support_x, support_y = draw(k_shot)
+    query_x, query_y = draw(n_query)
+    return dict(support_x=support_x, support_y=support_y, query_x=query_x, query_y=query_y)
+
+
+def image_meta_batch(rng, meta_batch, **kwargs):
+    """`meta_batch` episodes stacked on a new leading task axis."""
+    episodes = [image_episode(rng, **kwargs) for _ in range(meta_batch)]
+    return {key: np.stack([e[key] for e in episodes]) for key in episodes[0]}
+
+
+# ------------------------------------------------------------------ workloads
+
+def _maml_sine(name, first_order, dtype, n_tasks=25, inner_steps=1):
+    rng = np.random.default_rng(SEED)
+    return Problem(
+        name=name, kind="maml_sine",
+        params=mlp_params(rng, dtype=dtype),
+        data=sine_tasks(rng, n_tasks, dtype=dtype),
+        hyper=dict(alpha=0.01, inner_steps=inner_steps, first_order=first_order))
+
+
+def _reptile_sine(name, dtype, n_tasks=25, inner_steps=5):
+    rng = np.random.default_rng(SEED)
+    return Problem(
+        name=name, kind="reptile_sine",
+        params=mlp_params(rng, dtype=dtype),
+        data=sine_tasks(rng, n_tasks, dtype=dtype),
+        hyper=dict(alpha=0.01, inner_steps=inner_steps))
+
+
+def _maml_conv4(name, dtype, n_tasks=4, inner_steps=1):
+    rng = np.random.default_rng(SEED)
+    return Problem(
+        name=name, kind="maml_conv4",
+        params=conv4_params(rng, dtype=dtype),
+        data=image_meta_batch(rng, n_tasks, n_way=5, k_shot=1, n_query=15, dtype=dtype),
+        # alpha 0.4: the Omniglot 5-way 1-shot step size of Finn et al. 2017
+        hyper=dict(alpha=0.4, inner_steps=inner_steps, first_order=False, n_way=5))
+
+
+def _protonet(name, dtype, n_tasks=None, inner_steps=None):
+    rng = np.random.default_rng(SEED)
+    return Problem(
+        name=name, kind="protonet",
+        params=conv4_params(rng, head=False, dtype=dtype),
+        data=image_episode(rng, n_way=5, k_shot=1, n_query=15, dtype=dtype),
+        hyper=dict(n_way=5, k_shot=1))
+
+
+# name -> (builder, one-line description, default timed repeats)
+WORKLOADS = OrderedDict([
+    ("maml_sine_2nd", (lambda n, d, **kw: _maml_sine(n, False, d, **kw),
+                       "MAML sinusoid, MLP 1-40-40-1, 25 tasks, 10+10 pts, 1 step, 2nd order", 40)),
+    ("maml_sine_1st", (lambda n, d, **kw: _maml_sine(n, True, d, **kw),
+                       "MAML sinusoid, same, first order (FOMAML)", 40)),
+    ("reptile_sine", (_reptile_sine,
+                      "Reptile outer direction, sinusoid, 25 tasks, k=5 SGD steps", 30)),
+    ("maml_conv4", (_maml_conv4,
+                    "MAML Conv4 5-way 1-shot 28x28, meta-batch 4, 15 queries/class, 2nd order", 5)),
+    ("protonet", (_protonet,
+                  "ProtoNet Conv4 5-way 1-shot episode, 15 queries/class", 10)),
+])
+
+
+def make(name, dtype=np.float64, **overrides):
+    """Build workload `name`; overrides: n_tasks=..., inner_steps=... (for scaling runs)."""
+    builder = WORKLOADS[name][0]
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    return builder(name, np.dtype(dtype), **overrides)

@@ -1,0 +1,229 @@
+"""Derivative checks against central finite differences, to any order.
+
+One check serves every order. For a function f and a random probe v of the
+output's shape, reverse mode gives the vector-Jacobian product v^T J; central
+differences give the same numbers as
+
+    d/dx_j <v, f(x)>  ~=  (<v, f(x + eps e_j)> - <v, f(x - eps e_j)>) / (2 eps)
+
+with error O(eps^2). Order 2 reruns that check on the function
+(x, v) -> v^T J(x), built with create_graph=True; order 3 on its VJP, and so on.
+Every comparison runs in float64.
+"""
+from . import backend
+from .backend import xp
+from .tensor import Tensor, enable_grad, grad, tensor
+
+_MAX_ELEMENTWISE = 4096    # inputs larger than this are probed along random directions
+
+
+class GradcheckError(AssertionError):
+    """A derivative disagrees with finite differences (the message has the details)."""
+
+
+def _prepare(inputs, who):
+    """Float64 leaf copies of the floating inputs; other inputs pass through."""
+    if isinstance(inputs, (Tensor,)) or backend.is_array(inputs) or isinstance(inputs, (int, float)):
+        inputs = (inputs,)
+    out, checked = [], []
+    for i, x in enumerate(inputs):
+        t = x if isinstance(x, Tensor) else tensor(x)
+        if t.dtype.kind == "f":
+            if not bool(xp.all(xp.isfinite(t.data))):
+                raise ValueError(f"{who}: input {i} (shape {t.shape}) contains NaN or inf; "
+                                 f"finite differences need finite inputs")
+            t = tensor(t.data, dtype="float64", requires_grad=True)
+            checked.append(i)
+        out.append(t)
+    if not checked:
+        raise ValueError(f"{who}: no floating-point input to differentiate")
+    return out, checked
+
+
+def _outputs(fn, xs):
+    y = fn(*xs)
+    return tuple(y) if isinstance(y, (tuple, list)) else (y,)
+
+
+def _dot(a, b):
+    return float(xp.sum(a * b))
+
+
+def _probe_value(fn, xs, vs):
+    """<v, f(x)> summed over the outputs.
+
+    Recording stays on: at order k >= 2 the function itself runs a backward pass.
+    """
+    with enable_grad():
+        ys = [y for y in _outputs(fn, xs) if y is not None and y.dtype.kind == "f"]
+    return sum(_dot(y.data, v) for y, v in zip(ys, vs))
+
+
+def _name(fn, name):
+    return name or getattr(fn, "__name__", "function")
+
+
+def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, seed=0, name=None):
+    """Compare reverse-mode VJPs of `fn` with central differences.
+
+    `fn(*inputs)` returns a Tensor (or a tuple of them). Every floating-point
+    input is checked (in float64): element by element for small inputs, along
+    random directions for large ones. Returns True, or raises GradcheckError
+    naming the function, the input, the worst element and both values.
+    """
+    who = _name(fn, name)
+    xs, checked = _prepare(inputs, "gradcheck")
+    rng = backend.host.random.default_rng(seed)
+    ys = _outputs(fn, xs)
+    live = [y for y in ys if y is not None and y.dtype.kind == "f"]
+    vs = [backend.asarray(rng.standard_normal(y.shape), dtype=y.dtype) for y in live]
+    diff_ys = [y for y in live if y.requires_grad]
+    diff_vs = [v for y, v in zip(live, vs) if y.requires_grad]
+    targets = [xs[i] for i in checked]
+    if diff_ys:
+        analytic = grad(diff_ys, targets, grad_outputs=diff_vs, allow_unused=True)
+    else:
+        analytic = (None,) * len(targets)
+    for i, x, g in zip(checked, targets, analytic):
+        if g is not None and g.shape != x.shape:
+            raise GradcheckError(f"gradcheck {who}: gradient of input {i} has shape {g.shape}, "
+                                 f"the input has shape {x.shape}")
+        g = xp.zeros_like(x.data) if g is None else g.data
+
+        def value_at(delta):
+            shifted = list(xs)
+            shifted[i] = Tensor(x.data + delta, requires_grad=True)
+            return _probe_value(fn, shifted, vs)
+
+        if x.data.size <= _MAX_ELEMENTWISE:
+            numeric = xp.zeros_like(x.data)
+            flat = numeric.reshape(-1)
+            for j in range(x.data.size):
+                e = xp.zeros(x.data.size, dtype=x.dtype)
+                e[j] = eps
+                e = e.reshape(x.shape)
+                flat[j] = (value_at(e) - value_at(-e)) / (2 * eps)
+            err = xp.abs(g - numeric)
+            bad = err > atol + rtol * xp.abs(numeric)
+            if bool(xp.any(bad)):
+                j = int(xp.argmax(err - (atol + rtol * xp.abs(numeric))))
+                idx = tuple(int(k) for k in backend.host.unravel_index(j, x.shape))
+                raise GradcheckError(
+                    f"gradcheck {who}: input {i} (shape {x.shape}) disagrees with finite "
+                    f"differences; worst element {idx}: analytic {float(g.reshape(-1)[j]):.10g}, "
+                    f"numeric {float(numeric.reshape(-1)[j]):.10g} "
+                    f"({int(xp.sum(bad))} of {x.data.size} elements out of tolerance)")
+        else:
+            for k in range(3):
+                u = backend.asarray(rng.standard_normal(x.shape), dtype=x.dtype)
+                numeric = (value_at(eps * u) - value_at(-eps * u)) / (2 * eps)
+                analytic_dir = _dot(g, u)
+                if abs(analytic_dir - numeric) > atol + rtol * abs(numeric):
+                    raise GradcheckError(
+                        f"gradcheck {who}: input {i} (shape {x.shape}) disagrees with finite "
+                        f"differences along random direction {k}: analytic {analytic_dir:.10g}, "
+                        f"numeric {numeric:.10g}")
+    return True
+
+
+def vjp_function(fn, n_inputs, seed=0):
+    """(x_1..x_n, v_1..v_m) -> the VJPs v^T J(x), recorded so they can be differentiated.
+
+    This is the function whose derivative is the next order's derivative.
+    """
+    def vjp_fn(*args):
+        xs, vs = args[:n_inputs], args[n_inputs:]
+        ys = [y for y in _outputs(fn, xs) if y is not None and y.dtype.kind == "f" and y.requires_grad]
+        gs = grad(ys, xs, grad_outputs=vs[:len(ys)], create_graph=True, allow_unused=True)
+        return tuple(g for g in gs if g is not None)
+
+    vjp_fn.__name__ = f"vjp({_name(fn, None)})"
+    return vjp_fn
+
+
+def check_grads(fn, inputs, order=2, eps=1e-6, atol=1e-5, rtol=1e-3, seed=0, name=None):
+    """Check derivatives of orders 1..order against finite differences."""
+    who = _name(fn, name)
+    xs, checked = _prepare(inputs, "check_grads")
+    if len(checked) != len(xs):
+        # freeze non-floating inputs (labels, indices) into the function
+        fixed = list(xs)
+
+        def fn_float(*floats, _fn=fn):
+            args = list(fixed)
+            for k, i in enumerate(checked):
+                args[i] = floats[k]
+            return _fn(*args)
+        fn, xs = fn_float, [xs[i] for i in checked]
+    rng = backend.host.random.default_rng(seed)
+    for k in range(1, order + 1):
+        gradcheck(fn, xs, eps=eps, atol=atol, rtol=rtol, seed=seed + k, name=f"{who} (order {k})")
+        if k == order:
+            break
+        ys = [y for y in _outputs(fn, xs) if y is not None and y.dtype.kind == "f" and y.requires_grad]
+        if not ys:
+            break
+        vs = [tensor(backend.asarray(rng.standard_normal(y.shape)), requires_grad=True) for y in ys]
+        fn = vjp_function(fn, len(xs))
+        xs = list(xs) + vs
+    return True
+
+
+def gradgradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, seed=0, name=None):
+    """Second-order check: gradcheck of (x, v) -> v^T J(x) built with create_graph=True."""
+    return check_grads(fn, inputs, order=2, eps=eps, atol=atol, rtol=rtol, seed=seed, name=name)
+
+
+def hvp(fn, inputs, v):
+    """Hessian-vector product of a scalar function by double backward.
+
+    Returns (fn(inputs), H v) like torch.autograd.functional.hvp: the second
+    item matches the structure of `inputs` (a Tensor for a single input).
+    H v = d/dx <grad f(x), v>: differentiate the gradient once more, with v
+    as the upstream gradient.
+    """
+    single = not isinstance(inputs, (tuple, list))
+    xs = [tensor(x.data if isinstance(x, Tensor) else x, requires_grad=True)
+          for x in ((inputs,) if single else inputs)]
+    vs = [v] if single else list(v)
+    if len(vs) != len(xs):
+        raise ValueError(f"hvp: {len(xs)} inputs but {len(vs)} vectors")
+    vs = [Tensor(v.data if isinstance(v, Tensor) else backend.asarray(v, dtype=x.dtype))
+          for x, v in zip(xs, vs)]
+    for i, (x, vec) in enumerate(zip(xs, vs)):
+        if vec.shape != x.shape:
+            raise ValueError(f"hvp: vector {i} has shape {vec.shape}, input has shape {x.shape}")
+    y = fn(*xs)
+    if y.data.size != 1:
+        raise ValueError(f"hvp: fn must return a scalar, got shape {y.shape}")
+    gs = grad(y, xs, create_graph=True, allow_unused=True)
+    used = [(x, g, vec) for x, g, vec in zip(xs, gs, vs) if g is not None and g.requires_grad]
+    hv = [None] * len(xs)
+    if used:
+        out = grad([g for _, g, _ in used], xs, grad_outputs=[vec for _, _, vec in used],
+                   allow_unused=True)
+        hv = list(out)
+    hv = [Tensor(xp.zeros_like(x.data)) if h is None else h for x, h in zip(xs, hv)]
+    return Tensor(y.data), (hv[0] if single else tuple(hv))
+
+
+def hessian(fn, x):
+    """Full Hessian of a scalar function of one tensor: shape x.shape + x.shape.
+
+    Row j is d/dx of the j-th gradient component (one backward pass each),
+    so use it on small inputs only.
+    """
+    x = tensor(x.data if isinstance(x, Tensor) else x, requires_grad=True)
+    y = fn(x)
+    if y.data.size != 1:
+        raise ValueError(f"hessian: fn must return a scalar, got shape {y.shape}")
+    (g,) = grad(y, x, create_graph=True, allow_unused=True)
+    n = x.data.size
+    H = xp.zeros((n, n), dtype=x.dtype)
+    if g is not None and g.requires_grad:
+        flat = g.reshape(-1)
+        for j in range(n):
+            (row,) = grad(flat[j], x, allow_unused=True)
+            if row is not None:
+                H[j] = row.data.reshape(-1)
+    return Tensor(H.reshape(x.shape + x.shape))

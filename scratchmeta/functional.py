@@ -1,0 +1,218 @@
+"""Composite functions built from the primitives: no VJPs of their own.
+
+Every derivative, of every order, comes from the primitives they call.
+Shapes follow PyTorch: batch first, channels before space (NCHW).
+"""
+from .backend import xp
+from . import ops
+from .tensor import Tensor, as_tensor
+
+
+def _t(x):
+    return as_tensor(x)
+
+
+def linear(x, w, b=None):
+    """x @ w.T + b, with w of shape (out, in) as in PyTorch.
+
+    Also batched over tasks: w of shape (T, out, in) with x of shape
+    (T, n, in) and b of shape (T, out) gives (T, n, out).
+    """
+    x, w = _t(x), _t(w)
+    if x.shape[-1] != w.shape[-1]:
+        raise ValueError(f"linear: input has {x.shape[-1]} features (shape {x.shape}) "
+                         f"but the weight expects {w.shape[-1]} (shape {w.shape})")
+    y = x @ w.mT
+    if b is not None:
+        b = _t(b)
+        if w.ndim == 3 and b.ndim == 2:          # per-task bias (T, out) -> (T, 1, out)
+            b = b.reshape(b.shape[0], 1, b.shape[1])
+        y = y + b
+    return y
+
+
+def logsumexp(x, axis=-1, keepdims=False):
+    """log sum_i exp(x_i), shifted by the (constant) max so nothing overflows.
+
+    log sum exp(x) = m + log sum exp(x - m) for any constant m; taking m as the
+    detached max changes no derivative, since the identity holds for every m.
+    """
+    x = _t(x)
+    m = Tensor(xp.max(x.data, axis=axis, keepdims=True))
+    m = Tensor(xp.where(xp.isfinite(m.data), m.data, 0))     # all -inf rows stay -inf
+    out = (x - m).exp().sum(axis=axis, keepdims=True).log() + m
+    return out if keepdims else out.reshape(_drop(out.shape, axis))
+
+
+def _drop(shape, axis):
+    axis = axis % len(shape)
+    return shape[:axis] + shape[axis + 1:]
+
+
+def log_softmax(x, axis=-1):
+    """x_i - log sum_j exp(x_j): stable for logits of any size."""
+    x = _t(x)
+    return x - logsumexp(x, axis=axis, keepdims=True)
+
+
+def softmax(x, axis=-1):
+    """exp(x_i - m) / sum_j exp(x_j - m) with m the detached max."""
+    x = _t(x)
+    m = Tensor(xp.max(x.data, axis=axis, keepdims=True))
+    e = (x - m).exp()
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def _labels(labels):
+    """Integer class indices as a raw backend array."""
+    raw = labels.data if isinstance(labels, Tensor) else labels
+    raw = xp.asarray(raw)
+    if raw.dtype.kind not in "iu":
+        raise ValueError(f"cross_entropy: labels must be integer class indices, got dtype {raw.dtype}")
+    return raw
+
+
+def cross_entropy(logits, labels):
+    """Mean over rows of -log softmax(logits)[label].
+
+    logits (..., C) and integer labels (...); every leading axis counts as a row.
+    """
+    logits = _t(logits)
+    labels = _labels(labels)
+    if logits.shape[:-1] != labels.shape:
+        raise ValueError(f"cross_entropy: logits of shape {logits.shape} need labels of shape "
+                         f"{logits.shape[:-1]}, got {labels.shape}")
+    n_classes = logits.shape[-1]
+    if labels.size and (int(labels.min()) < 0 or int(labels.max()) >= n_classes):
+        raise ValueError(f"cross_entropy: labels must lie in [0, {n_classes}), "
+                         f"got values in [{int(labels.min())}, {int(labels.max())}]")
+    logp = log_softmax(logits, axis=-1).reshape(-1, n_classes)
+    rows = xp.arange(logp.shape[0])
+    return -logp[rows, labels.reshape(-1)].mean()
+
+
+def mse_loss(pred, target):
+    """mean((pred - target)^2)."""
+    pred, target = _t(pred), _t(target)
+    d = pred - target
+    return (d * d).mean()
+
+
+def conv2d(x, w, b=None, stride=1, padding=0):
+    """2-D cross-correlation, NCHW, w of shape (out, in, kh, kw) as in PyTorch.
+
+    im2col: unfold the input into windows (N, C*kh*kw, OH*OW), then one
+    matrix product with w reshaped to (out, C*kh*kw).
+    Also batched over tasks: x (T, N, C, H, W) with w (T, out, in, kh, kw)
+    and b (T, out) convolves each task's images with that task's weights.
+    """
+    x, w = _t(x), _t(w)
+    batched = w.ndim == 5
+    if x.ndim != (5 if batched else 4) or w.ndim not in (4, 5):
+        raise ValueError(f"conv2d: expected x (N, C, H, W) and w (O, C, kh, kw) "
+                         f"(or batched (T, N, C, H, W) and (T, O, C, kh, kw)), "
+                         f"got shapes {x.shape} and {w.shape}")
+    out_c, in_c, kh, kw = w.shape[-4:]
+    if x.shape[-3] != in_c:
+        raise ValueError(f"conv2d: input has {x.shape[-3]} channels (shape {x.shape}) "
+                         f"but the weight expects {in_c} (shape {w.shape})")
+    cols = ops.unfold(x, kh=kh, kw=kw, stride=stride, padding=padding)  # (..., C, kh, kw, OH, OW)
+    oh, ow = cols.shape[-2:]
+    lead = x.shape[:-3]                                               # (N,) or (T, N)
+    cols = cols.reshape(lead + (in_c * kh * kw, oh * ow))
+    if batched:
+        wmat = w.reshape(w.shape[0], 1, out_c, in_c * kh * kw)       # (T, 1, O, CKK)
+    else:
+        wmat = w.reshape(out_c, in_c * kh * kw)                      # (O, CKK)
+    y = (wmat @ cols).reshape(lead + (out_c, oh, ow))               # (..., O, OH, OW)
+    if b is not None:
+        b = _t(b)
+        y = y + (b.reshape(b.shape[0], 1, out_c, 1, 1) if batched else b.reshape(out_c, 1, 1))
+    return y
+
+
+def max_pool2d(x, kernel_size, stride=None):
+    """Max over kernel_size x kernel_size windows of the last two axes (floor mode)."""
+    x = _t(x)
+    k = kernel_size
+    s = k if stride is None else stride
+    H, W = x.shape[-2:]
+    if H < k or W < k:
+        raise ValueError(f"max_pool2d: kernel {k} is larger than the input's {H}x{W}")
+    if s == k:
+        # non-overlapping windows: a reshape exposes them, no copy of windows
+        oh, ow = H // k, W // k
+        if (oh * k, ow * k) != (H, W):
+            x = x[..., :oh * k, :ow * k]
+        win = x.reshape(x.shape[:-2] + (oh, k, ow, k))
+        return win.max(axis=(-3, -1))
+    cols = ops.unfold(x, kh=k, kw=k, stride=s, padding=0)            # (..., k, k, OH, OW)
+    cols = cols.reshape(cols.shape[:-4] + (k * k,) + cols.shape[-2:])
+    return cols.max(axis=-3)
+
+
+def batch_norm(x, weight=None, bias=None, eps=1e-5, channel_axis=1):
+    """Normalise with the batch's own statistics (training mode, no running stats).
+
+    y = (x - mean) / sqrt(var + eps) * weight + bias, with mean and the biased
+    variance taken over every axis except the channel axis; MAML uses batch
+    norm this way, transductively, at meta-test time too (Finn et al. 2017).
+    """
+    x = _t(x)
+    c = channel_axis % x.ndim
+    axes = tuple(i for i in range(x.ndim) if i != c)
+    mean = x.mean(axis=axes, keepdims=True)
+    centred = x - mean
+    var = (centred * centred).mean(axis=axes, keepdims=True)
+    y = centred / (var + eps).sqrt()
+    shape = tuple(x.shape[c] if i == c else 1 for i in range(x.ndim))
+    if weight is not None:
+        y = y * _t(weight).reshape(shape)
+    if bias is not None:
+        y = y + _t(bias).reshape(shape)
+    return y
+
+
+def layer_norm(x, weight=None, bias=None, eps=1e-5):
+    """Normalise over the last axis (Ba et al. 2016), then scale and shift."""
+    x = _t(x)
+    mean = x.mean(axis=-1, keepdims=True)
+    centred = x - mean
+    var = (centred * centred).mean(axis=-1, keepdims=True)
+    y = centred / (var + eps).sqrt()
+    if weight is not None:
+        y = y * weight
+    if bias is not None:
+        y = y + bias
+    return y
+
+
+def gelu(x):
+    """GELU, tanh form (Hendrycks & Gimpel 2016): 0.5 x (1 + tanh(sqrt(2/pi)(x + 0.044715 x^3)))."""
+    x = _t(x)
+    return 0.5 * x * (1 + (0.7978845608028654 * (x + 0.044715 * x * x * x)).tanh())
+
+
+def sq_dist(a, b):
+    """Squared Euclidean distances ||a_i - b_j||^2, shapes (..., n, d), (..., m, d) -> (..., n, m).
+
+    Expanded as ||a||^2 - 2 a.b + ||b||^2 so it is one matrix product.
+    """
+    a, b = _t(a), _t(b)
+    aa = (a * a).sum(axis=-1, keepdims=True)                 # (..., n, 1)
+    bb = (b * b).sum(axis=-1, keepdims=True).mT              # (..., 1, m)
+    return aa - 2 * (a @ b.mT) + bb
+
+
+def concatenate(xs, axis=0):
+    return ops.concatenate(*[_t(x) for x in xs], axis=axis)
+
+
+def stack(xs, axis=0):
+    return ops.stack(*[_t(x) for x in xs], axis=axis)
+
+
+def where(cond, x, y):
+    """x where cond else y; gradients flow to the branch taken."""
+    cond = cond.data if isinstance(cond, Tensor) else cond
+    return ops.where(Tensor(cond), _t(x), _t(y))

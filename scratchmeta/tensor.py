@@ -1,0 +1,468 @@
+"""Tensor, the graph it records, and reverse mode of any order.
+
+A Tensor holds a raw backend array in `.data`. When an operation runs on
+tensors that require gradients (and gradients are enabled), the result
+remembers the primitive that made it, its input tensors and the primitive's
+static arguments. `grad` walks that graph backwards, calling each primitive's
+vector-Jacobian product (VJP).
+
+The VJPs are written with Tensor operations, not raw arrays. So the backward
+pass is itself ordinary computation: with create_graph=True it is recorded
+like any forward pass and can be differentiated again (double backward, and
+so on to any order). With create_graph=False it runs under no_grad and
+records nothing.
+"""
+from . import backend
+from .backend import xp
+
+_grad_enabled = [True]
+
+
+class no_grad:
+    """Context manager (and decorator) that stops graph recording."""
+
+    def __enter__(self):
+        self._prev = _grad_enabled[0]
+        _grad_enabled[0] = False
+
+    def __exit__(self, *exc):
+        _grad_enabled[0] = self._prev
+
+    def __call__(self, fn):
+        def wrapped(*args, **kwargs):
+            with no_grad():
+                return fn(*args, **kwargs)
+        wrapped.__name__, wrapped.__doc__ = fn.__name__, fn.__doc__
+        return wrapped
+
+
+class enable_grad(no_grad):
+    """Context manager that turns graph recording back on."""
+
+    def __enter__(self):
+        self._prev = _grad_enabled[0]
+        _grad_enabled[0] = True
+
+
+def is_grad_enabled():
+    return _grad_enabled[0]
+
+
+class _Mode:
+    """Set recording on or off for the duration of a backward pass."""
+
+    def __init__(self, on):
+        self.on = on
+
+    def __enter__(self):
+        self.prev = _grad_enabled[0]
+        _grad_enabled[0] = self.on
+
+    def __exit__(self, *exc):
+        _grad_enabled[0] = self.prev
+
+
+def _is_float(dtype):
+    return dtype.kind == "f"
+
+
+class Tensor:
+    """An array on the active backend plus the graph node that produced it."""
+
+    __slots__ = ("data", "requires_grad", "grad", "_op", "_parents", "_kw", "__weakref__")
+    __array_priority__ = 1000   # numpy_array + Tensor -> Tensor.__radd__
+
+    def __init__(self, data, requires_grad=False):
+        self.data = data
+        self.requires_grad = requires_grad
+        self.grad = None
+        self._op = None          # the Primitive that made this tensor (None: leaf)
+        self._parents = ()       # its input tensors
+        self._kw = None          # its static arguments (axis, shape, index...)
+
+    # -- properties ----------------------------------------------------
+    @property
+    def shape(self):
+        return self.data.shape
+
+    @property
+    def ndim(self):
+        return self.data.ndim
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    @property
+    def is_leaf(self):
+        return self._op is None
+
+    @property
+    def T(self):
+        return self.transpose()
+
+    @property
+    def mT(self):
+        """Transpose of the last two axes (batched matrices)."""
+        axes = list(range(self.ndim))
+        axes[-2], axes[-1] = axes[-1], axes[-2]
+        return self.transpose(*axes)
+
+    def numel(self):
+        return int(self.data.size)
+
+    def __len__(self):
+        return self.data.shape[0]
+
+    def item(self):
+        return self.data.item()
+
+    def numpy(self):
+        """A host NumPy copy, whatever the backend (the explicit way back)."""
+        return backend.to_numpy(self.data).copy()
+
+    def tolist(self):
+        return self.numpy().tolist()
+
+    def detach(self):
+        return Tensor(self.data)
+
+    def requires_grad_(self, flag=True):
+        if flag and not _is_float(self.data.dtype):
+            raise ValueError(f"only floating-point tensors can require gradients, got dtype {self.data.dtype}")
+        self.requires_grad = flag
+        return self
+
+    def astype(self, dtype):
+        return ops.astype(self, dtype=backend.resolve_dtype(dtype))
+
+    def __repr__(self):
+        body = repr(self.data).replace("\n", "\n       ")
+        extra = ", requires_grad=True" if self.requires_grad else ""
+        return f"tensor({body}{extra})"
+
+    def __bool__(self):
+        return bool(self.data)
+
+    def __float__(self):
+        return float(self.data.item())
+
+    def __int__(self):
+        return int(self.data.item())
+
+    __hash__ = object.__hash__
+
+    # -- reverse mode --------------------------------------------------
+    def backward(self, grad_output=None, create_graph=False):
+        """Accumulate d(self)/d(leaf) into `.grad` of every leaf that requires grad."""
+        leaves = [t for t in _toposort((self,)) if t._op is None]
+        if not leaves:
+            raise RuntimeError("backward: this tensor does not require grad and has no graph")
+        gs = grad(self, leaves, grad_outputs=grad_output, create_graph=create_graph,
+                  allow_unused=True)
+        for leaf, g in zip(leaves, gs):
+            if g is not None:
+                leaf.grad = g if leaf.grad is None else leaf.grad + g
+
+    # -- operators (the primitives live in ops.py) ---------------------
+    def __add__(self, other): return ops.add(self, other)
+    def __radd__(self, other): return ops.add(other, self)
+    def __sub__(self, other): return ops.sub(self, other)
+    def __rsub__(self, other): return ops.sub(other, self)
+    def __mul__(self, other): return ops.mul(self, other)
+    def __rmul__(self, other): return ops.mul(other, self)
+    def __truediv__(self, other): return ops.div(self, other)
+    def __rtruediv__(self, other): return ops.div(other, self)
+    def __pow__(self, other): return ops.pow(self, other)
+    def __rpow__(self, other): return ops.pow(other, self)
+    def __matmul__(self, other): return ops.matmul(self, other)
+    def __rmatmul__(self, other): return ops.matmul(other, self)
+    def __neg__(self): return ops.neg(self)
+    def __pos__(self): return self
+    def __getitem__(self, index): return ops.getitem(self, index=_raw_index(index))
+
+    # comparisons give boolean tensors that carry no gradient
+    def __lt__(self, other): return Tensor(self.data < _raw(other))
+    def __le__(self, other): return Tensor(self.data <= _raw(other))
+    def __gt__(self, other): return Tensor(self.data > _raw(other))
+    def __ge__(self, other): return Tensor(self.data >= _raw(other))
+    def __eq__(self, other): return Tensor(self.data == _raw(other))
+    def __ne__(self, other): return Tensor(self.data != _raw(other))
+
+    # -- methods -------------------------------------------------------
+    def sum(self, axis=None, keepdims=False):
+        return ops.sum(self, axis=_axis(axis), keepdims=keepdims)
+
+    def mean(self, axis=None, keepdims=False):
+        ax = _axis(axis)
+        n = self.data.size if ax is None else _count(self.shape, ax)
+        return ops.sum(self, axis=ax, keepdims=keepdims) * (1.0 / n)
+
+    def var(self, axis=None, keepdims=False):
+        """Biased variance (divides by n), as batch norm uses it."""
+        centred = self - self.mean(axis, keepdims=True)
+        return (centred * centred).mean(axis, keepdims=keepdims)
+
+    def max(self, axis=None, keepdims=False):
+        return ops.max(self, axis=_axis(axis), keepdims=keepdims)
+
+    def min(self, axis=None, keepdims=False):
+        return -ops.max(-self, axis=_axis(axis), keepdims=keepdims)
+
+    def reshape(self, *shape):
+        shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
+        return ops.reshape(self, shape=tuple(shape))
+
+    def transpose(self, *axes):
+        axes = axes[0] if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else axes
+        if not axes:
+            axes = tuple(reversed(range(self.ndim)))
+        return ops.transpose(self, axes=tuple(axes))
+
+    def swapaxes(self, a, b):
+        axes = list(range(self.ndim))
+        axes[a], axes[b] = axes[b], axes[a]
+        return self.transpose(*axes)
+
+    def broadcast_to(self, shape):
+        return ops.broadcast_to(self, shape=tuple(shape))
+
+    def exp(self): return ops.exp(self)
+    def log(self): return ops.log(self)
+    def sqrt(self): return ops.sqrt(self)
+    def abs(self): return ops.abs(self)
+    def tanh(self): return ops.tanh(self)
+    def sigmoid(self): return ops.sigmoid(self)
+    def relu(self): return ops.relu(self)
+
+
+def _raw(x):
+    return x.data if isinstance(x, Tensor) else x
+
+
+def _raw_index(index):
+    """Indices may hold integer Tensors: use their arrays."""
+    if isinstance(index, tuple):
+        return tuple(_raw(i) for i in index)
+    return _raw(index)
+
+
+def _axis(axis):
+    if isinstance(axis, list):
+        return tuple(axis)
+    return axis
+
+
+def _count(shape, axis):
+    axes = axis if isinstance(axis, tuple) else (axis,)
+    n = 1
+    for a in axes:
+        n *= shape[a]
+    return n
+
+
+# ---------------------------------------------------------------------------
+# Making tensors
+# ---------------------------------------------------------------------------
+def tensor(data, requires_grad=False, dtype=None):
+    """A new leaf Tensor on the active backend (a copy of `data`).
+
+    Python floats and lists of floats take the default dtype (float64 unless
+    `sm.set_default_dtype` says otherwise); arrays keep their dtype unless
+    `dtype` is given. An array of the other backend is refused.
+    """
+    if isinstance(data, Tensor):
+        data = data.data
+    other = backend.foreign_backend(data)
+    if other is not None:
+        raise TypeError(
+            f"tensor(): got a {other} array while the active backend is "
+            f"{backend.get_backend()!r}; move it explicitly (sm.set_backend or .get())")
+    if dtype is not None:
+        array = xp.array(data, dtype=backend.resolve_dtype(dtype))
+    elif hasattr(data, "dtype"):
+        array = xp.array(data)
+    else:
+        array = xp.array(data)
+        if array.dtype.kind == "f":
+            array = array.astype(backend.get_default_dtype(), copy=False)
+    if requires_grad and not _is_float(array.dtype):
+        raise ValueError(f"only floating-point tensors can require gradients, got dtype {array.dtype}")
+    return Tensor(array, requires_grad=requires_grad)
+
+
+def as_tensor(x, like=None):
+    """Lift a Tensor, backend array or Python number to a Tensor (no copy, no grad)."""
+    if isinstance(x, Tensor):
+        return x
+    if isinstance(x, (int, float)) and not isinstance(x, bool):
+        if like is not None and _is_float(like.data.dtype):
+            return Tensor(xp.asarray(x, dtype=like.data.dtype))
+        if isinstance(x, float):
+            return Tensor(xp.asarray(x, dtype=backend.get_default_dtype()))
+        return Tensor(xp.asarray(x))
+    if backend.is_array(x):
+        return Tensor(x)
+    other = backend.foreign_backend(x)
+    if other is not None:
+        raise TypeError(
+            f"got a {other} array while the active backend is {backend.get_backend()!r}; "
+            f"mixing backends is not allowed: convert explicitly")
+    return Tensor(xp.asarray(x))
+
+
+# ---------------------------------------------------------------------------
+# Primitives
+# ---------------------------------------------------------------------------
+class Primitive:
+    """An operation: a forward on raw arrays and a VJP in Tensor operations."""
+
+    __slots__ = ("name", "forward", "vjp_fn")
+
+    def __init__(self, forward):
+        self.name = forward.__name__
+        self.forward = forward
+        self.vjp_fn = None
+
+    def vjp(self, fn):
+        """Decorator: register `fn(g, out, *inputs, **static) -> tuple of Tensors`."""
+        self.vjp_fn = fn
+        return fn
+
+    def __call__(self, *args, **kw):
+        like = None
+        for a in args:
+            if isinstance(a, Tensor):
+                like = a
+                break
+        ts = tuple(a if isinstance(a, Tensor) else as_tensor(a, like) for a in args)
+        out = Tensor(self.forward(*[t.data for t in ts], **kw))
+        if _grad_enabled[0]:
+            for t in ts:
+                if t.requires_grad:
+                    out.requires_grad = True
+                    out._op, out._parents, out._kw = self, ts, kw
+                    break
+        return out
+
+    def __repr__(self):
+        return f"<primitive {self.name}>"
+
+
+def primitive(forward):
+    """Decorator that turns a raw-array forward function into a Primitive."""
+    return Primitive(forward)
+
+
+# ---------------------------------------------------------------------------
+# The graph walk
+# ---------------------------------------------------------------------------
+def _toposort(roots):
+    """Tensors that require grad, reachable from roots, parents before children.
+
+    Iterative depth-first search: a chain of any length is fine (no recursion).
+    """
+    order, visited = [], set()
+    stack = [(r, False) for r in roots if r.requires_grad]
+    while stack:
+        t, expanded = stack.pop()
+        if expanded:
+            order.append(t)
+            continue
+        if id(t) in visited:
+            continue
+        visited.add(id(t))
+        stack.append((t, True))
+        for p in t._parents:
+            if p.requires_grad and id(p) not in visited:
+                stack.append((p, False))
+    return order
+
+
+def _as_tuple(x):
+    if isinstance(x, (tuple, list)):
+        return tuple(x)
+    return (x,)
+
+
+def grad(outputs, inputs, grad_outputs=None, create_graph=False, allow_unused=False,
+         retain_graph=None):
+    """Gradients of `outputs` with respect to `inputs`, like torch.autograd.grad.
+
+    Returns a tuple with one Tensor (or None, if allow_unused) per input.
+    With create_graph=True the backward pass is recorded, so the gradients
+    are differentiable functions of the inputs (double backward).
+    `retain_graph` is accepted for PyTorch compatibility; graphs here are
+    never freed by a backward pass.
+    """
+    outputs, inputs = _as_tuple(outputs), _as_tuple(inputs)
+    for i, t in enumerate(inputs):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"grad: input {i} is a {type(t).__name__}, not a Tensor")
+    if grad_outputs is None:
+        grad_outputs = (None,) * len(outputs)
+    grad_outputs = _as_tuple(grad_outputs)
+    if len(grad_outputs) != len(outputs):
+        raise ValueError(f"grad: {len(outputs)} outputs but {len(grad_outputs)} grad_outputs")
+
+    grads = {}
+    for i, (o, go) in enumerate(zip(outputs, grad_outputs)):
+        if not isinstance(o, Tensor):
+            raise TypeError(f"grad: output {i} is a {type(o).__name__}, not a Tensor")
+        if not o.requires_grad:
+            raise RuntimeError(f"grad: output {i} does not require grad and has no graph")
+        if go is None:
+            if o.data.size != 1:
+                raise RuntimeError(
+                    f"grad: output {i} has shape {o.shape}; grad can be implicitly "
+                    f"created only for scalar outputs: pass grad_outputs")
+            go = Tensor(xp.ones_like(o.data))
+        else:
+            go = as_tensor(go, o)
+            if go.shape != o.shape:
+                raise ValueError(f"grad: grad_outputs[{i}] has shape {go.shape}, output has shape {o.shape}")
+        grads[id(o)] = grads[id(o)] + go if id(o) in grads else go
+
+    order = _toposort(outputs)
+    # Which tensors lie on a path to an input: only those receive gradients.
+    wanted = {id(t) for t in inputs}
+    needed = set()
+    for t in order:
+        if id(t) in wanted or any(id(p) in needed for p in t._parents):
+            needed.add(id(t))
+
+    with _Mode(create_graph):
+        for t in reversed(order):
+            key = id(t)
+            g = grads.get(key)
+            if g is None or t._op is None or key not in needed:
+                continue
+            if key not in wanted:
+                del grads[key]            # free intermediate gradients early
+            parents = t._parents
+            in_grads = t._op.vjp_fn(g, t, *parents, **t._kw)
+            for p, gp in zip(parents, in_grads):
+                if gp is None or id(p) not in needed:
+                    continue
+                if gp.shape != p.shape:
+                    raise RuntimeError(
+                        f"VJP of {t._op.name} returned a gradient of shape {gp.shape} "
+                        f"for an input of shape {p.shape}")
+                k = id(p)
+                grads[k] = grads[k] + gp if k in grads else gp
+
+    result = []
+    for i, t in enumerate(inputs):
+        g = grads.get(id(t))
+        if g is None:
+            if not allow_unused:
+                raise RuntimeError(
+                    f"grad: input {i} (shape {t.shape}) is not part of the graph of the "
+                    f"outputs; pass allow_unused=True to get None for it")
+            result.append(None)
+        else:
+            result.append(g if create_graph else Tensor(g.data))
+    return tuple(result)
+
+
+from . import ops  # noqa: E402  (ops needs Tensor; Tensor's methods need ops)
