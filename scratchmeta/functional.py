@@ -155,21 +155,32 @@ def batch_norm(x, weight=None, bias=None, eps=1e-5, channel_axis=1):
     """Normalise with the batch's own statistics (training mode, no running stats).
 
     y = (x - mean) / sqrt(var + eps) * weight + bias, with mean and the biased
-    variance taken over every axis except the channel axis; MAML uses batch
-    norm this way, transductively, at meta-test time too (Finn et al. 2017).
+    variance taken over the batch axis (the one before `channel_axis`) and the
+    axes after the channels; MAML uses batch norm this way, transductively, at
+    meta-test time too (Finn et al. 2017).
+
+    Axes before the batch axis are independent groups: x of shape
+    (T, N, C, H, W) with channel_axis=2 normalises each task on its own, and
+    weight/bias may then be per task, of shape (T, C).
     """
     x = _t(x)
     c = channel_axis % x.ndim
-    axes = tuple(i for i in range(x.ndim) if i != c)
+    if c < 1:
+        raise ValueError(f"batch_norm: channel_axis {channel_axis} leaves no batch axis in shape {x.shape}")
+    axes = (c - 1,) + tuple(range(c + 1, x.ndim))
     mean = x.mean(axis=axes, keepdims=True)
     centred = x - mean
     var = (centred * centred).mean(axis=axes, keepdims=True)
     y = centred / (var + eps).sqrt()
-    shape = tuple(x.shape[c] if i == c else 1 for i in range(x.ndim))
-    if weight is not None:
-        y = y * _t(weight).reshape(shape)
-    if bias is not None:
-        y = y + _t(bias).reshape(shape)
+    tail = (1,) * (x.ndim - c - 1)
+    for p, op in ((weight, "mul"), (bias, "add")):
+        if p is None:
+            continue
+        p = _t(p)
+        if p.shape[-1] != x.shape[c]:
+            raise ValueError(f"batch_norm: {x.shape[c]} channels but a parameter of shape {p.shape}")
+        p = p.reshape(p.shape[:-1] + (1, x.shape[c]) + tail)
+        y = y * p if op == "mul" else y + p
     return y
 
 

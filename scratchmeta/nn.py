@@ -1,0 +1,152 @@
+"""Functional models: parameters live outside, in an ordered dict name -> Tensor.
+
+A model is a pure function `model(params, x)`. An adapted copy of the
+parameters (MAML's phi) is just another dict, and a dict whose tensors have a
+leading task axis (weights (T, out, in)) runs every task's copy at once: the
+same call, batched.
+
+Initialisation follows PyTorch's defaults (kaiming-uniform with a = sqrt(5),
+i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases), which is what
+the reference implementations of MAML and ProtoNets ran with.
+"""
+from collections import OrderedDict
+import math
+
+from . import backend
+from . import functional as F
+from .tensor import tensor
+
+
+def _uniform(rng, bound, shape, dtype):
+    return tensor(backend.asarray(rng.uniform(-bound, bound, size=shape), dtype=dtype),
+                  requires_grad=True)
+
+
+def _constant(value, shape, dtype):
+    return tensor(backend.asarray(backend.host.full(shape, value), dtype=dtype), requires_grad=True)
+
+
+class MLP:
+    """Fully connected network, e.g. MAML's sinusoid regressor 1-40-40-1 with ReLU."""
+
+    def __init__(self, sizes=(1, 40, 40, 1), activation="relu"):
+        if len(sizes) < 2 or any(int(s) < 1 for s in sizes):
+            raise ValueError(f"MLP: sizes must be at least two positive widths, got {sizes}")
+        if activation not in ("relu", "tanh"):
+            raise ValueError(f"MLP: unknown activation {activation!r} (relu or tanh)")
+        self.sizes = tuple(int(s) for s in sizes)
+        self.activation = activation
+
+    def config(self):
+        return {"model": "mlp", "sizes": list(self.sizes), "activation": self.activation}
+
+    def init(self, seed=0, dtype=None):
+        rng = backend.host.random.default_rng(seed)
+        dtype = backend.resolve_dtype(dtype)
+        params = OrderedDict()
+        for i, (n_in, n_out) in enumerate(zip(self.sizes[:-1], self.sizes[1:])):
+            bound = 1 / math.sqrt(n_in)
+            params[f"w{i}"] = _uniform(rng, bound, (n_out, n_in), dtype)
+            params[f"b{i}"] = _uniform(rng, bound, (n_out,), dtype)
+        return params
+
+    def features(self, params, x):
+        """Everything but the last layer (ANIL's body)."""
+        n = len(self.sizes) - 1
+        for i in range(n - 1):
+            x = F.linear(x, params[f"w{i}"], params[f"b{i}"])
+            x = x.relu() if self.activation == "relu" else x.tanh()
+        return x
+
+    def head(self, params, h):
+        n = len(self.sizes) - 1
+        return F.linear(h, params[f"w{n - 1}"], params[f"b{n - 1}"])
+
+    def head_names(self):
+        n = len(self.sizes) - 1
+        return (f"w{n - 1}", f"b{n - 1}")
+
+    def __call__(self, params, x):
+        return self.head(params, self.features(params, x))
+
+
+class Conv4:
+    """The four-block few-shot network of Vinyals et al. 2016, used by MAML and ProtoNets.
+
+    Each block: 3x3 conv (padding 1) -> batch norm (batch statistics) -> ReLU
+    -> 2x2 max pool. 28x28 inputs end as 64 x 1 x 1 features. With n_classes
+    set, a linear head follows (MAML); with n_classes=None the flattened
+    features are the embedding (ProtoNets).
+
+    Input (N, C, H, W) with unbatched params, or (T, N, C, H, W) with params
+    that carry a leading task axis.
+    """
+
+    def __init__(self, in_channels=1, hidden=64, n_classes=None, image_size=28, blocks=4):
+        self.in_channels, self.hidden, self.n_classes = int(in_channels), int(hidden), n_classes
+        self.image_size, self.blocks = int(image_size), int(blocks)
+        size = self.image_size
+        for _ in range(self.blocks):
+            size //= 2
+        if size < 1:
+            raise ValueError(f"Conv4: {self.blocks} pooling blocks do not fit {image_size}x{image_size} inputs")
+        self.feature_dim = self.hidden * size * size
+
+    def config(self):
+        return {"model": "conv4", "in_channels": self.in_channels, "hidden": self.hidden,
+                "n_classes": self.n_classes, "image_size": self.image_size, "blocks": self.blocks}
+
+    def init(self, seed=0, dtype=None):
+        rng = backend.host.random.default_rng(seed)
+        dtype = backend.resolve_dtype(dtype)
+        params = OrderedDict()
+        c_in = self.in_channels
+        for i in range(self.blocks):
+            bound = 1 / math.sqrt(c_in * 9)
+            params[f"conv{i}.w"] = _uniform(rng, bound, (self.hidden, c_in, 3, 3), dtype)
+            params[f"conv{i}.b"] = _uniform(rng, bound, (self.hidden,), dtype)
+            params[f"bn{i}.w"] = _constant(1.0, (self.hidden,), dtype)
+            params[f"bn{i}.b"] = _constant(0.0, (self.hidden,), dtype)
+            c_in = self.hidden
+        if self.n_classes:
+            bound = 1 / math.sqrt(self.feature_dim)
+            params["head.w"] = _uniform(rng, bound, (self.n_classes, self.feature_dim), dtype)
+            params["head.b"] = _uniform(rng, bound, (self.n_classes,), dtype)
+        return params
+
+    def head_names(self):
+        return ("head.w", "head.b") if self.n_classes else ()
+
+    def features(self, params, x):
+        """(N, C, H, W) -> (N, feature_dim), or batched (T, N, ...) -> (T, N, feature_dim)."""
+        batched = params["conv0.w"].ndim == 5
+        for i in range(self.blocks):
+            x = F.conv2d(x, params[f"conv{i}.w"], params[f"conv{i}.b"], padding=1)
+            x = F.batch_norm(x, params[f"bn{i}.w"], params[f"bn{i}.b"],
+                             channel_axis=2 if batched else 1)
+            x = F.max_pool2d(x.relu(), 2)
+        lead = x.shape[:2] if batched else x.shape[:1]
+        return x.reshape(lead + (self.feature_dim,))
+
+    def head(self, params, h):
+        return F.linear(h, params["head.w"], params["head.b"])
+
+    def __call__(self, params, x):
+        h = self.features(params, x)
+        return self.head(params, h) if self.n_classes else h
+
+
+def batched(params, n_tasks):
+    """Give every parameter a leading task axis: theta -> (T, ...) copies (differentiable)."""
+    return OrderedDict((k, v.broadcast_to((n_tasks,) + v.shape)) for k, v in params.items())
+
+
+def build_model(config):
+    """A model from its `config()` dict."""
+    kind = config.get("model")
+    kw = {k: v for k, v in config.items() if k != "model"}
+    if kind == "mlp":
+        return MLP(**kw)
+    if kind == "conv4":
+        return Conv4(**kw)
+    raise ValueError(f"unknown model {kind!r} (mlp or conv4)")

@@ -1,0 +1,106 @@
+"""Outer-loop optimisers, written out, stepping a dict of parameters.
+
+They update meta-parameters between meta-steps and are never differentiated,
+so they run under no_grad and return fresh leaf tensors. Their state is a
+dict of tensors plus a step count, saved in checkpoints.
+"""
+from collections import OrderedDict
+
+from .tensor import Tensor, no_grad
+
+
+def _leaf(t):
+    return Tensor(t.data, requires_grad=True)
+
+
+class SGD:
+    """theta <- theta - lr * g."""
+
+    def __init__(self, lr=1e-3):
+        if not lr > 0:
+            raise ValueError(f"SGD: lr must be positive, got {lr}")
+        self.lr = float(lr)
+        self.t = 0
+
+    def config(self):
+        return {"name": "sgd", "lr": self.lr}
+
+    @no_grad()
+    def step(self, params, grads):
+        self.t += 1
+        return OrderedDict((k, _leaf(p - self.lr * grads[k]) if k in grads else p)
+                           for k, p in params.items())
+
+    def state_dict(self):
+        return {"t": self.t}, {}
+
+    def load_state_dict(self, scalars, tensors):
+        self.t = int(scalars["t"])
+
+
+class Adam:
+    """Adam (Kingma & Ba 2015, arXiv:1412.6980v9, Algorithm 1).
+
+    m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2
+    theta <- theta - lr * mhat / (sqrt(vhat) + eps),  mhat = m/(1-b1^t), vhat = v/(1-b2^t)
+    weight_decay > 0 gives AdamW's decoupled decay (Loshchilov & Hutter 2019):
+    theta <- theta - lr * wd * theta, applied beside the Adam step.
+    """
+
+    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+        if not lr > 0:
+            raise ValueError(f"Adam: lr must be positive, got {lr}")
+        self.lr, self.betas, self.eps = float(lr), tuple(float(b) for b in betas), float(eps)
+        self.weight_decay = float(weight_decay)
+        self.t = 0
+        self.m, self.v = {}, {}
+
+    def config(self):
+        return {"name": "adam", "lr": self.lr, "betas": list(self.betas), "eps": self.eps,
+                "weight_decay": self.weight_decay}
+
+    @no_grad()
+    def step(self, params, grads):
+        b1, b2 = self.betas
+        self.t += 1
+        c1, c2 = 1 - b1 ** self.t, 1 - b2 ** self.t       # bias corrections
+        new = OrderedDict()
+        for k, p in params.items():
+            g = grads.get(k)
+            if g is None:
+                new[k] = p
+                continue
+            m = g * (1 - b1) if k not in self.m else self.m[k] * b1 + g * (1 - b1)
+            v = g * g * (1 - b2) if k not in self.v else self.v[k] * b2 + g * g * (1 - b2)
+            self.m[k], self.v[k] = m, v
+            update = (m * (1 / c1)) / ((v * (1 / c2)).sqrt() + self.eps)
+            if self.weight_decay:
+                update = update + self.weight_decay * p
+            new[k] = _leaf(p - self.lr * update)
+        return new
+
+    def state_dict(self):
+        tensors = {f"m/{k}": v for k, v in self.m.items()}
+        tensors.update({f"v/{k}": v for k, v in self.v.items()})
+        return {"t": self.t}, tensors
+
+    def load_state_dict(self, scalars, tensors):
+        self.t = int(scalars["t"])
+        self.m = {k[2:]: Tensor(v.data if isinstance(v, Tensor) else v)
+                  for k, v in tensors.items() if k.startswith("m/")}
+        self.v = {k[2:]: Tensor(v.data if isinstance(v, Tensor) else v)
+                  for k, v in tensors.items() if k.startswith("v/")}
+
+
+def make_optimizer(config):
+    """An optimiser from its config dict: {"name": "adam"|"adamw"|"sgd", "lr": ..., ...}."""
+    kw = dict(config)
+    name = kw.pop("name", "adam")
+    if name == "adam":
+        return Adam(**kw)
+    if name == "adamw":
+        kw.setdefault("weight_decay", 1e-2)
+        return Adam(**kw)
+    if name == "sgd":
+        return SGD(**kw)
+    raise ValueError(f"unknown optimizer {name!r} (adam, adamw or sgd)")
