@@ -1,0 +1,62 @@
+"""Shared test set-up: Hypothesis profile, markers, and a clean engine state per test.
+
+- Hypothesis runs derandomized (the same examples on every run and machine)
+  with no deadline; HYPOTHESIS_PROFILE=thorough draws more, and at random.
+- `slow` tests run only with --runslow; `gpu` tests only where CuPy sees a device.
+- After every test the backend, the default dtype and grad mode are put back
+  as they were when the test started (that is, as SCRATCHMETA_BACKEND and
+  SCRATCHMETA_DTYPE set them at import).
+"""
+import functools
+import os
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+from scratchmeta import backend, tensor as tensor_module
+
+settings.register_profile(
+    "scratchmeta", derandomize=True, deadline=None, max_examples=25,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
+                           HealthCheck.data_too_large])
+settings.register_profile(
+    "thorough", derandomize=False, deadline=None, max_examples=200,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
+                           HealthCheck.data_too_large])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "scratchmeta"))
+
+
+@functools.lru_cache(maxsize=None)
+def cuda_available():
+    """True when CuPy imports and sees at least one CUDA device."""
+    try:
+        import cupy
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:
+        return False
+
+
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true", default=False,
+                     help="also run tests marked slow (long reproduction runs)")
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_slow = pytest.mark.skip(reason="slow: pass --runslow to run")
+    skip_gpu = pytest.mark.skip(reason="gpu: needs CuPy and a CUDA device")
+    run_slow = config.getoption("--runslow")
+    for item in items:
+        if "slow" in item.keywords and not run_slow:
+            item.add_marker(skip_slow)
+        if "gpu" in item.keywords and not cuda_available():
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture(autouse=True)
+def _restore_engine_state():
+    """Give every test the backend, default dtype and grad mode it started with."""
+    state = backend._state
+    saved = (state["name"], state["module"], state["dtype"], tensor_module._grad_enabled[0])
+    yield
+    state["name"], state["module"], state["dtype"] = saved[:3]
+    tensor_module._grad_enabled[0] = saved[3]
