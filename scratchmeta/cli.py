@@ -15,6 +15,7 @@ import sys
 
 from . import backend
 from .algorithms import ALGORITHMS
+from .evaluation import task_overrides
 
 DEFAULT_TASK = {"maml": "sinusoid", "fomaml": "sinusoid", "reptile": "sinusoid",
                 "metasgd": "sinusoid", "anil": "sinusoid", "cnp": "sinusoid",
@@ -126,25 +127,6 @@ def _fail(parser, message):
     parser.exit(2, f"scratchmeta: error: {message}\n")
 
 
-def _task_overrides(args, task):
-    over = {}
-    if task == "sinusoid":
-        if args.shots:
-            over["k_support"] = args.shots
-        if args.queries:
-            over["k_query"] = args.queries
-    elif task in CLASSIFICATION:
-        for flag, key in (("shots", "k_shot"), ("ways", "n_way"), ("queries", "n_query")):
-            if getattr(args, flag):
-                over[key] = getattr(args, flag)
-        if args.data_root:
-            over["data_root"] = args.data_root
-    else:
-        if args.shots:
-            over["k_shot"] = args.shots
-    return over
-
-
 def _apply_backend(parser, args):
     try:
         if getattr(args, "backend", None):
@@ -188,7 +170,8 @@ def cmd_train(parser, args):
         algo["first_order"] = True
     if args.train_ways:
         algo["train_ways"] = args.train_ways
-    overrides = {"task": _task_overrides(args, task), "algo": algo,
+    overrides = {"task": task_overrides(task, args.shots, args.ways, args.queries, args.data_root),
+                 "algo": algo,
                  "optimizer": {"lr": args.lr} if args.lr else {},
                  "steps": args.steps, "meta_batch": args.meta_batch, "seed": args.seed,
                  "eval_every": args.eval_every, "eval_tasks": args.eval_tasks,

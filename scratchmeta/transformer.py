@@ -25,7 +25,7 @@ import math
 from . import backend
 from . import functional as F
 from .backend import xp
-from .tensor import Tensor, tensor
+from .tensor import Tensor, as_tensor, tensor
 
 MASKED = -1e9     # the score given to a masked (future) position: exp(-1e9 - m) == 0
 
@@ -42,7 +42,7 @@ def attention(q, k, v, causal=True):
     query are replaced by the constant MASKED (F.where), so no gradient can
     flow from a later position into an earlier output.
     """
-    q, k, v = (F._t(a) for a in (q, k, v))
+    q, k, v = (as_tensor(a) for a in (q, k, v))
     scores = (q @ k.mT) * (1.0 / math.sqrt(q.shape[-1]))        # (..., L, L)
     if causal:
         length = scores.shape[-1]
@@ -170,7 +170,7 @@ class Transformer:
 
     def __call__(self, params, tokens):
         """tokens (B, L, n_dims) -> outputs (B, L, n_out); output i sees tokens 0..i only."""
-        tokens = F._t(tokens)
+        tokens = as_tensor(tokens)
         self.check_input(tokens)
         L = tokens.shape[1]
         h = F.linear(tokens, params["read_in.w"], params["read_in.b"])     # (B, L, D)
