@@ -8,12 +8,16 @@
   SCRATCHMETA_DTYPE set them at import).
 """
 import functools
+import importlib
 import os
 
 import pytest
 from hypothesis import HealthCheck, settings
 
-from scratchmeta import backend, tensor as tensor_module
+from scratchmeta import backend
+
+# the module, not the function sm.tensor that shadows it as an attribute
+tensor_module = importlib.import_module("scratchmeta.tensor")
 
 settings.register_profile(
     "scratchmeta", derandomize=True, deadline=None, max_examples=25,

@@ -217,6 +217,7 @@ def toy_dataset(counts, offset=100):
 COUNTS = [6, 7, 8, 9, 10, 6, 7, 8, 9, 10, 6, 7]
 TRAIN = np.arange(100, 108)
 TEST = np.arange(108, 112)
+FLOAT_LABELS, SHORT_IMAGES = object(), object()     # markers for the table below
 
 
 def test_episode_shapes_labels_and_class_major_order():
@@ -298,9 +299,9 @@ def test_episode_dtype_argument():
     ({"classes": []}, "split is empty"),
     ({"classes": [100, 100, 101]}, "repeated"),
     ({"classes": [100, 555, 556]}, r"not present in labels: \[555, 556\]"),
-    ({"labels": "float"}, "labels must be integers, got dtype float64"),
+    ({"labels": FLOAT_LABELS}, "labels must be integers, got dtype float64"),
     ({"classes": [100.0, 101.0]}, "classes must be integers"),
-    ({"images": "short"}, "images and labels differ in length: 91 images vs 92 labels"),
+    ({"images": SHORT_IMAGES}, "images and labels differ in length: 92 images vs 93 labels"),
     ({"n_way": 0}, "n_way must be >= 1"),
     ({"k_shot": 1.5}, "k_shot must be an integer"),
     ({"n_query": 0}, "n_query"),
@@ -311,9 +312,9 @@ def test_episode_bad_configurations_raise(change, match):
     args = {"images": images, "labels": labels, "classes": TRAIN, "n_way": 3,
             "k_shot": 2, "n_query": 2, "seed": 0}
     args.update(change)
-    if args["labels"] is "float":
+    if args["labels"] is FLOAT_LABELS:
         args["labels"] = labels.astype(float)
-    if args["images"] is "short":
+    if args["images"] is SHORT_IMAGES:
         args["images"] = images[:-1]
     with pytest.raises(ValueError, match=match):
         EpisodeSampler(**args)

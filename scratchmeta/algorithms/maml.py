@@ -316,6 +316,7 @@ class MAML(MetaLearner):
         self.name = "fomaml" if self.first_order else "maml"
         self.metric = "mse" if loss == "mse" else "accuracy"
         self.higher_is_better = loss != "mse"
+        self.adapt_names = None            # None: adapt every parameter (ANIL: the head)
 
     def config(self):
         return {"model": self.model.config(), "inner_lr": self.inner_lr,
@@ -329,7 +330,7 @@ class MAML(MetaLearner):
         check_batch(batch, self.name)
         with enable_grad():
             value = meta_objective(self.model, theta, batch, self.inner_lr, self.inner_steps,
-                                   self.first_order, self.loss)
+                                   self.first_order, self.loss, self.adapt_names)
             check_finite(value, "meta-loss (mean query loss after adaptation)", self.name)
             grads = OrderedDict(zip(theta, grad(value, list(theta.values()))))
         loss = Tensor(value.data)
@@ -340,7 +341,7 @@ class MAML(MetaLearner):
         batch = _select_support(batch, k_support, self.name)
         steps = self.eval_inner_steps if inner_steps is None else inner_steps
         return evaluate_adapted(self.model, theta, batch, self.inner_lr, steps, self.loss,
-                                who=self.name)
+                                self.adapt_names, who=self.name)
 
 
 # ---------------------------------------------------------------------------
