@@ -441,6 +441,9 @@ def fold(cols, size, stride=1, padding=0):
     """The adjoint of unfold: add every window back where it came from."""
     kh, kw, oh, ow = cols.shape[-4:]
     H, W = size[0] + 2 * padding, size[1] + 2 * padding
+    if (oh, ow) != (_out_size(H, kh, stride), _out_size(W, kw, stride)):
+        raise ValueError(f"fold: windows of shape {cols.shape} do not tile an input of size "
+                         f"{tuple(size)} with stride {stride} and padding {padding}")
     x = xp.zeros(cols.shape[:-4] + (H, W), dtype=cols.dtype)
     for i in range(kh):
         for j in range(kw):

@@ -358,7 +358,7 @@ OP_TABLE = [
     Spec("unfold", lambda x, **kw: ops.unfold(x, **kw), window_shapes(),
          example=([(1, 2, 4, 4)], {"kh": 3, "kw": 2, "stride": 2, "padding": 1})),
     Spec("fold", lambda c, **kw: ops.fold(c, **kw), window_shapes(adjoint=True),
-         example=([(1, 2, 2, 2, 3, 3)], {"size": (3, 3), "stride": 1, "padding": 1})),
+         example=([(1, 2, 2, 2, 4, 4)], {"size": (3, 3), "stride": 1, "padding": 1})),
 ]
 
 # Third order on a representative subset: products, quotients, matmul,

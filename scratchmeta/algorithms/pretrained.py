@@ -1,0 +1,53 @@
+"""The "pretrained" baseline of Finn et al.: joint training, then fine-tuning.
+
+Finn, Abbeel & Levine 2017, arXiv:1703.03400v3, Sec. 5.1: a network trained
+to regress all tasks at once (points pooled across sampled tasks, ordinary
+supervised learning with Adam), then fine-tuned on each test task's K
+support points with the same inner SGD steps MAML uses. It answers: does
+meta-learning beat simply learning the average function and fine-tuning?
+
+Joint training is MAML with zero inner steps: its gradient is
+grad_theta mean_t L_t(theta) (cf. Nichol et al. 2018, Sec. 5: one-step
+Reptile does the same in expectation).
+"""
+from ..optim import Adam
+from ..tensor import enable_grad, grad
+from .maml import check_batch, check_finite, evaluate_adapted, task_losses
+
+
+def pooled_loss(model, theta, batch, loss="mse"):
+    """Mean over tasks of the loss on all K + Q points of each task, theta shared."""
+    T = batch["support_x"].shape[0]
+    total = 0.0
+    for part in ("support", "query"):
+        x, y = batch[part + "_x"], batch[part + "_y"]
+        # one shared theta: fold the task axis into the points
+        pred = model(theta, x.reshape((-1,) + tuple(x.shape[2:])))
+        pred = pred.reshape((T, -1) + tuple(pred.shape[1:]))
+        total = total + task_losses(pred, y, loss).mean() * 0.5
+    return total
+
+
+def pretrain(model, sampler, steps, seed=0, lr=1e-3, batch_tasks=25, loss="mse"):
+    """Adam on the pooled regression loss for `steps` steps -> params."""
+    theta = model.init(seed)
+    opt = Adam(lr=lr)
+    for _ in range(int(steps)):
+        batch = sampler.sample(batch_tasks)
+        check_batch(batch, "pretrain")
+        with enable_grad():
+            value = pooled_loss(model, theta, batch, loss)
+            grads = dict(zip(theta, grad(value, list(theta.values()))))
+        theta = opt.step(theta, grads)
+    check_finite(value, "pooled training loss", "pretrain")
+    return theta
+
+
+def finetune_evaluate(model, params, batch, alpha, steps, loss="mse"):
+    """Fine-tune on each task's support set (steps of SGD, all tasks at once); score the query.
+
+    Returns evaluate_adapted's dict: per-task (T,) arrays "mse" (after `steps`),
+    "mse_step0", "mse_step1", "mse_step10", "baseline/zero".
+    """
+    check_batch(batch, "pretrained")
+    return evaluate_adapted(model, params, batch, alpha, steps, loss, who="pretrained")
