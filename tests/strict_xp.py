@@ -235,6 +235,7 @@ def _namespace(module, name):
         return value
 
     ns.__getattr__ = __getattr__
+    ns.__file__ = __file__
     return ns
 
 

@@ -375,7 +375,7 @@ def test_table_names_are_unique():
 
 
 @pytest.mark.parametrize("spec", OP_TABLE, ids=lambda s: s.name)
-@settings(max_examples=12)
+@settings(max_examples=25)
 @given(data=st.data())
 def test_op_grads(spec, data):
     arrays, kw = data.draw(spec.inputs(), label="inputs")
@@ -383,7 +383,7 @@ def test_op_grads(spec, data):
 
 
 @pytest.mark.parametrize("spec", [_BY_NAME[n] for n in ORDER3], ids=lambda s: s.name)
-@settings(max_examples=4)
+@settings(max_examples=8)
 @given(data=st.data())
 def test_op_grads_order3(spec, data):
     arrays, kw = data.draw(spec.inputs(), label="inputs")

@@ -350,3 +350,31 @@ def test_episode_invariants_for_random_configurations(data):
         # class-major blocks: block j holds only examples of class c[j]
         np.testing.assert_array_equal(labels[s], np.repeat(c, k_shot))
         np.testing.assert_array_equal(labels[q], np.repeat(c, n_query))
+
+
+# ---------------------------------------------------------------- device transfer
+
+def test_samplers_cross_to_the_backend_only_explicitly():
+    # a CuPy-like namespace that raises on any implicit host <-> device conversion
+    strict_xp = pytest.importorskip("strict_xp")
+    images, labels = toy_dataset(COUNTS)
+    backend._use_namespace("strict", strict_xp.namespace)      # conftest restores it
+    episodes = EpisodeSampler(images, labels, TRAIN, 3, 2, 2, seed=0).sample(2)
+    sines = Sinusoid(seed=0).sample(2)
+    for batch in (episodes, sines):
+        for name, value in batch.items():
+            assert backend.is_array(value) and not isinstance(value, np.ndarray), name
+    assert episodes["support_y"].dtype == np.int64
+    sines = as_host(sines)
+    np.testing.assert_allclose(sines["query_y"], Sinusoid.function(
+        sines["amplitude"][:, None, None], sines["phase"][:, None, None], sines["query_x"]))
+
+
+@given(data=st.data())
+@settings(max_examples=30, deadline=None)
+def test_smallest_equals_the_head_of_an_argsort(data):
+    from scratchmeta.tasks.episodes import smallest
+    shape = data.draw(st.tuples(st.integers(1, 4), st.integers(1, 40)))
+    keys = np.random.default_rng(data.draw(st.integers(0, 1000))).random(shape)
+    n = data.draw(st.integers(1, shape[1]))
+    np.testing.assert_array_equal(smallest(keys, n), np.argsort(keys, axis=1)[:, :n])

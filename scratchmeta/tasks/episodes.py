@@ -1,16 +1,17 @@
 """N-way K-shot episodes over any labelled dataset.
 
 An episode picks N classes of a split, then K support and Q query examples
-of each, and relabels the classes 0..N-1 in the order they were picked
-(the episodic training of Vinyals et al. 2016, arXiv:1606.04080; Snell,
-Swersky & Zemel 2017, arXiv:1703.05175, Algorithm 1). Training with a larger N than
+of each, and relabels the classes 0..N-1 in the order they were picked (the
+episodic training of Vinyals et al. 2016, arXiv:1606.04080; Snell, Swersky
+& Zemel 2017, arXiv:1703.05175, Algorithm 1). Training with a larger N than
 at test time, which Snell et al. found helpful, is just a larger n_way.
 
-Sampling is vectorised with the argsort-of-random-keys trick: sorting i.i.d.
-uniform keys gives a uniformly random permutation, so its first n entries
-are a uniform sample of n items without replacement. One argsort picks the
-classes of every episode at once, a second the examples within every
-(episode, class) pair; no Python loop runs over episodes or examples.
+Sampling is vectorised with the sort-random-keys trick: sorting i.i.d.
+uniform keys gives a uniformly random permutation, so the positions of the
+n smallest keys are a uniform sample of n items without replacement, in
+random order. One call picks the classes of every episode at once, a second
+the examples within every (episode, class) pair; no Python loop runs over
+episodes or examples.
 """
 from .. import backend
 from ..backend import host
@@ -24,6 +25,17 @@ def _integer_array(name, value):
     if array.size and array.dtype.kind not in "iu":
         raise ValueError(f"{name} must be integers, got dtype {array.dtype}")
     return array.astype(host.int64)
+
+
+def smallest(keys, n):
+    """Positions of the n smallest keys along the last axis, smallest first.
+
+    Equal to argsort(keys)[..., :n], but an argpartition finds the n first
+    in O(M) and only those n are sorted.
+    """
+    part = host.argpartition(keys, n - 1, axis=-1)[..., :n]
+    order = host.argsort(host.take_along_axis(keys, part, axis=-1), axis=-1, kind="stable")
+    return host.take_along_axis(part, order, axis=-1)
 
 
 def class_index_table(labels, classes):
@@ -112,14 +124,13 @@ class EpisodeSampler(SeededSampler):
         n_episodes = check_count("n_episodes", n_episodes)
         e, n, k, q = n_episodes, self.n_way, self.k_shot, self.n_query
         # N distinct classes per episode: first N of a random permutation of the M rows
-        keys = self._rng.random((e, self.n_classes))
-        rows = host.argsort(keys, axis=1, kind="stable")[:, :n]              # (E, N)
+        rows = smallest(self._rng.random((e, self.n_classes)), n)           # (E, N)
         # K+Q distinct examples per picked class; padding keys (2 > any uniform) sort last
         width = self._table.shape[1]
         keys = self._rng.random((e, n, width))
         valid = host.arange(width) < self._counts[rows][..., None]          # (E, N, width)
         keys = host.where(valid, keys, 2.0)
-        columns = host.argsort(keys, axis=2, kind="stable")[..., :k + q]     # (E, N, K+Q)
+        columns = smallest(keys, k + q)                                      # (E, N, K+Q)
         index = self._table[rows[..., None], columns]                        # (E, N, K+Q)
         support = index[..., :k].reshape(e, n * k)                           # class-major
         query = index[..., k:].reshape(e, n * q)

@@ -1,0 +1,274 @@
+"""Dataset loaders: Omniglot folders, the rendered glyph set, scikit-learn digits."""
+import os
+import shutil
+import sys
+
+import numpy as np
+import pytest
+
+from scratchmeta import backend
+from scratchmeta.tasks import datasets, load_dataset, load_digits, load_glyphs, load_omniglot
+
+
+def files_under(path):
+    return sorted(os.path.relpath(os.path.join(d, f), path)
+                  for d, _, names in os.walk(path) for f in names)
+
+
+# ---------------------------------------------------------------- Omniglot
+
+def make_omniglot(root, n_characters=3, n_drawers=4):
+    """A miniature Omniglot: Alpha in images_background, Beta in images_evaluation.
+
+    Each PNG is 105x105 black ink on white, an asymmetric "L" whose size
+    depends on the character and position on the drawer.
+    """
+    image = pytest.importorskip("PIL.Image")
+    draw = pytest.importorskip("PIL.ImageDraw")
+    for folder, alphabet in (("images_background", "Alpha"), ("images_evaluation", "Beta")):
+        for c in range(n_characters):
+            path = root / folder / alphabet / f"character{c + 1:02d}"
+            path.mkdir(parents=True)
+            for d in range(n_drawers):
+                im = image.new("1", (105, 105), 1)                     # white
+                pen = draw.Draw(im)
+                x0, y0 = 15 + 4 * d, 10 + 3 * d
+                pen.rectangle([x0, y0, x0 + 10, y0 + 50 + 8 * c], fill=0)     # stem
+                pen.rectangle([x0, y0 + 40 + 8 * c, x0 + 35 + 5 * c, y0 + 50 + 8 * c], fill=0)
+                im.save(path / f"{c:04d}_{d + 1:02d}.png")
+    return root
+
+
+@pytest.fixture
+def omniglot_root(tmp_path):
+    return make_omniglot(tmp_path / "omniglot")
+
+
+def test_omniglot_counts_split_and_names(omniglot_root):
+    data = load_omniglot(omniglot_root, n_train_characters=4)
+    assert data.images.shape == (6 * 4 * 4, 1, 28, 28) and data.images.dtype == np.float32
+    assert data.labels.dtype == np.int64
+    assert np.array_equal(np.bincount(data.labels), np.full(24, 4))   # 24 classes, 4 drawers
+    # first 4 characters (x4 rotations) train, the last 2 test, no val
+    np.testing.assert_array_equal(data.train_classes, np.arange(16))
+    np.testing.assert_array_equal(data.test_classes, np.arange(16, 24))
+    assert data.val_classes.size == 0
+    assert data.class_names[0] == "Alpha/character01/rot0"
+    assert data.class_names[13] == "Beta/character01/rot90"
+
+
+def test_omniglot_rotation_classes_are_rotated_images(omniglot_root):
+    data = load_omniglot(omniglot_root, n_train_characters=4)
+    for character in range(6):
+        upright = data.images[data.labels == 4 * character]
+        for r in (1, 2, 3):
+            rotated = data.images[data.labels == 4 * character + r]
+            np.testing.assert_array_equal(rotated, np.rot90(upright, r, axes=(2, 3)))
+            assert not np.array_equal(rotated, upright)
+
+
+def test_omniglot_is_inverted_and_resized_with_lanczos(omniglot_root):
+    image = pytest.importorskip("PIL.Image")
+    data = load_omniglot(omniglot_root, rotations=False, n_train_characters=4)
+    assert 0.0 <= data.images.min() and data.images.max() <= 1.0
+    assert data.images[:, 0, 0, 0].max() == 0.0 and data.images[:, 0, -1, -1].max() == 0.0
+    assert data.images.max() > 0.9                                      # ink is bright
+    png = omniglot_root / "images_background" / "Alpha" / "character01" / "0000_01.png"
+    with image.open(png) as im:
+        ink = image.fromarray(255 - np.asarray(im.convert("L")))
+    expected = np.asarray(ink.resize((28, 28), image.Resampling.LANCZOS)) / np.float32(255)
+    np.testing.assert_array_equal(data.images[0, 0], expected.astype(np.float32))
+
+
+def test_omniglot_without_rotations_and_with_val(omniglot_root):
+    data = load_omniglot(omniglot_root, rotations=False, n_train_characters=4,
+                         n_val_characters=1, image_size=20)
+    assert data.images.shape == (24, 1, 20, 20)
+    np.testing.assert_array_equal(data.train_classes, [0, 1, 2])
+    np.testing.assert_array_equal(data.val_classes, [3])
+    np.testing.assert_array_equal(data.test_classes, [4, 5])
+    rotated = load_omniglot(omniglot_root, n_train_characters=4, n_val_characters=1)
+    np.testing.assert_array_equal(rotated.val_classes, [12, 13, 14, 15])
+
+
+def test_omniglot_split_size_errors(omniglot_root):
+    with pytest.raises(ValueError, match="found 6 characters .*n_train_characters=1200"):
+        load_omniglot(omniglot_root)                  # the paper's 1200 leaves none to test
+    with pytest.raises(ValueError, match="n_val_characters=4 must be smaller"):
+        load_omniglot(omniglot_root, n_train_characters=4, n_val_characters=4)
+
+
+def test_omniglot_missing_layout_names_path_and_layout(tmp_path):
+    missing = tmp_path / "nowhere"
+    with pytest.raises(FileNotFoundError, match="nowhere.*does not exist.*images_background"):
+        load_omniglot(missing)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="neither images_background/ nor images_eval"):
+        load_omniglot(tmp_path / "empty")
+
+
+def test_omniglot_cache_writes_only_where_asked(omniglot_root, tmp_path):
+    before = files_under(tmp_path)
+    cache = tmp_path / "cache" / "omni.npz"
+    first = load_omniglot(omniglot_root, n_train_characters=4, cache=cache)
+    assert files_under(tmp_path) == sorted(before + [os.path.join("cache", "omni.npz")])
+    shutil.rmtree(omniglot_root)                      # the cache alone now suffices
+    second = load_omniglot(omniglot_root, n_train_characters=4, cache=cache)
+    np.testing.assert_array_equal(first.images, second.images)
+    np.testing.assert_array_equal(first.labels, second.labels)
+    assert first.class_names == second.class_names
+
+
+def test_omniglot_episodes_stay_in_their_split(omniglot_root):
+    data = load_omniglot(omniglot_root, n_train_characters=4)
+    train = data.sampler("train", n_way=5, k_shot=1, n_query=3, seed=0)
+    classes, support, query = train.sample_indices(50)
+    assert np.isin(classes, data.train_classes).all()
+    assert not np.isin(data.labels[np.concatenate([support, query], 1)], data.test_classes).any()
+    batch = data.sampler("test", 3, 2, 2, seed=1).sample(2)
+    assert tuple(batch["support_x"].shape) == (2, 6, 1, 28, 28)
+    assert np.isin(backend.to_numpy(batch["classes"]), data.test_classes).all()
+
+
+# ---------------------------------------------------------------- glyphs
+
+@pytest.fixture
+def glyph_deps():
+    for module in ("PIL.ImageFont", "matplotlib", "fontTools.ttLib"):
+        pytest.importorskip(module)
+
+
+def test_glyphs_deterministic_for_a_seed_and_different_for_another(glyph_deps):
+    a = load_glyphs(n_per_class=3, n_classes=12, seed=0, use_cache=False)
+    b = load_glyphs(n_per_class=3, n_classes=12, seed=0, use_cache=False)
+    c = load_glyphs(n_per_class=3, n_classes=12, seed=1, use_cache=False)
+    assert a.images.tobytes() == b.images.tobytes()                    # bit for bit
+    assert not np.array_equal(a.images, c.images)
+    np.testing.assert_array_equal(a.labels, c.labels)                  # same classes
+
+
+def test_glyph_images_shapes_range_and_ink(glyph_deps):
+    data = load_glyphs(n_per_class=4, n_classes=12, use_cache=False)
+    assert data.images.shape == (48, 1, 28, 28) and data.images.dtype == np.float32
+    np.testing.assert_array_equal(data.labels, np.repeat(np.arange(12), 4))
+    assert data.images.min() == 0.0 and data.images.max() == 1.0
+    assert (data.images.max(axis=(1, 2, 3)) > 0.5).all()              # every example has ink
+    border = np.concatenate([data.images[:, 0, 0], data.images[:, 0, -1]])
+    assert np.mean(border == 0) > 0.9                                  # background is 0
+    # examples of one class differ (random font, stroke and affine)
+    assert not np.array_equal(data.images[0], data.images[1])
+
+
+def test_glyph_split_is_fixed_disjoint_and_complete(glyph_deps):
+    data = load_glyphs(n_per_class=1, n_classes=20, use_cache=False)
+    parts = [data.train_classes, data.val_classes, data.test_classes]
+    assert [p.size for p in parts] == [12, 4, 4]                        # 60/20/20
+    assert np.array_equal(np.sort(np.concatenate(parts)), np.arange(20))
+    other_seed = load_glyphs(n_per_class=1, n_classes=20, seed=5, use_cache=False)
+    np.testing.assert_array_equal(other_seed.test_classes, data.test_classes)
+
+
+def test_glyph_class_images_do_not_depend_on_the_subset(glyph_deps):
+    small = load_glyphs(n_per_class=2, n_classes=5, use_cache=False)
+    large = load_glyphs(n_per_class=2, n_classes=9, use_cache=False)
+    np.testing.assert_array_equal(small.images, large.images[:10])
+    assert small.class_names == large.class_names[:5]
+
+
+def test_glyph_class_list_spans_scripts_without_lookalikes(glyph_deps):
+    from scratchmeta.tasks.glyphs import glyph_codepoints
+    names = set(map(chr, glyph_codepoints()))
+    assert len(names) >= 300                                            # several hundred
+    assert set("0123456789ABCDEFGHJKabdefhk") <= names
+    # Greek Alpha, Cyrillic A and Cyrillic o render as Latin A and o: dropped
+    assert not {"\u0391", "\u0410", "\u043e"} & names
+    # one letter each of Greek, Cyrillic, Armenian, Hebrew, Georgian, plus arrow and math
+    assert {"\u03bb", "\u0416", "\u0533", "\u05d0", "\u10d0", "\u2190", "\u2211"} <= names
+
+
+def test_glyph_cache_round_trip(glyph_deps, tmp_path, monkeypatch):
+    from scratchmeta.tasks import glyphs
+    first = load_glyphs(n_per_class=2, n_classes=6, cache_dir=tmp_path)
+    cached = files_under(tmp_path)
+    assert len(cached) == 1 and cached[0].startswith("glyphs-v") and cached[0].endswith(".npz")
+
+    def no_render(*args):
+        raise AssertionError("rendered although a cache exists")
+
+    monkeypatch.setattr(glyphs, "render_class", no_render)
+    second = load_glyphs(n_per_class=2, n_classes=6, cache_dir=tmp_path)
+    assert first.images.tobytes() == second.images.tobytes()
+    with pytest.raises(AssertionError, match="rendered"):              # another key: no hit
+        load_glyphs(n_per_class=2, n_classes=6, seed=3, cache_dir=tmp_path)
+
+
+def test_glyph_cache_default_dir_from_environment(glyph_deps, tmp_path, monkeypatch):
+    monkeypatch.setenv("SCRATCHMETA_CACHE", str(tmp_path / "env"))
+    load_glyphs(n_per_class=1, n_classes=3)
+    assert len(files_under(tmp_path / "env")) == 1
+    load_glyphs(n_per_class=1, n_classes=3, use_cache=False, cache_dir=tmp_path / "unused")
+    assert not (tmp_path / "unused").exists()
+
+
+def test_glyph_bad_arguments(glyph_deps):
+    with pytest.raises(ValueError, match="n_classes=100000 but the glyph set has"):
+        load_glyphs(n_classes=100000, use_cache=False)
+    with pytest.raises(ValueError, match="n_per_class"):
+        load_glyphs(n_per_class=0, use_cache=False)
+
+
+# ---------------------------------------------------------------- digits and dispatch
+
+def test_digits_shapes_classes_and_split():
+    pytest.importorskip("sklearn")
+    raw = pytest.importorskip("sklearn.datasets").load_digits()
+    data = load_digits()
+    assert data.images.shape == (1797, 1, 28, 28) and data.images.dtype == np.float32
+    np.testing.assert_array_equal(np.unique(data.labels), np.arange(10))
+    np.testing.assert_array_equal(data.train_classes, np.arange(5))
+    np.testing.assert_array_equal(data.test_classes, np.arange(5, 10))
+    assert data.images.min() >= 0 and data.images.max() <= 1
+    # bilinear upsampling keeps each image's mean intensity and its ink layout
+    np.testing.assert_allclose(data.images.mean(axis=(1, 2, 3)), raw.images.mean(axis=(1, 2)) / 16,
+                               atol=1e-5)
+    image = pytest.importorskip("PIL.Image")
+    for i in (0, 1, 1796):                        # the same bilinear as Pillow's, float mode
+        pil = image.fromarray((raw.images[i] / 16).astype(np.float32), "F")
+        expected = np.asarray(pil.resize((28, 28), image.Resampling.BILINEAR))
+        np.testing.assert_allclose(data.images[i, 0], expected, atol=1e-6)
+    batch = data.sampler("train", 5, 1, 2, seed=0).sample(3)
+    assert np.isin(backend.to_numpy(batch["classes"]), np.arange(5)).all()
+    with pytest.raises(ValueError, match="val split of 'digits' is empty"):
+        data.sampler("val", 2, 1, 1)
+    with pytest.raises(ValueError, match="unknown split 'dev'"):
+        data.sampler("dev", 2, 1, 1)
+
+
+def test_bilinear_matrix_interpolates():
+    weights = datasets._bilinear_matrix(28, 8)
+    np.testing.assert_allclose(weights.sum(axis=1), 1.0)               # rows are convex
+    ramp = np.arange(8.0)
+    up = weights @ ramp                                                 # a ramp stays a ramp
+    assert np.all(np.diff(up) >= 0) and up[0] == 0 and up[-1] == 7
+
+
+def test_load_dataset_dispatch(omniglot_root, tmp_path):
+    with pytest.raises(ValueError, match="unknown dataset 'mnist'.*'glyphs', 'omniglot'"):
+        load_dataset("mnist")
+    with pytest.raises(ValueError, match="omniglot' needs root"):
+        load_dataset("omniglot")
+    with pytest.raises(ValueError, match="takes no root"):
+        load_dataset("digits", root=tmp_path)
+    data = load_dataset("omniglot", root=omniglot_root, n_train_characters=4)
+    assert data.name == "omniglot" and len(data.train_classes) == 16
+
+
+def test_load_dataset_glyphs_uses_root_as_cache(glyph_deps, tmp_path):
+    data = load_dataset("glyphs", root=tmp_path / "c", n_per_class=1, n_classes=3)
+    assert data.name == "glyphs" and len(files_under(tmp_path / "c")) == 1
+
+
+def test_missing_extra_names_the_pip_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
+    with pytest.raises(ImportError, match=r"pip install 'scratchmeta\[data\]'"):
+        load_digits()
