@@ -1,10 +1,15 @@
 """Peak memory per (workload, implementation), each in a fresh process.
 
 The child builds the problem and the runner (imports, data, tensor
-conversion, JAX's ahead-of-time compile), reads ru_maxrss, runs a few steps
-and reads it again. The difference is the extra peak resident memory the
-steps needed, in MiB. ru_maxrss is a high-water mark, so the number says how
-much higher the steps pushed it, not what stays allocated afterwards.
+conversion, JAX's ahead-of-time compile), notes its memory, runs a few steps
+and reads the peak. The number is the extra peak resident memory the steps
+needed, in MiB.
+
+On Linux the child first resets the kernel's peak-RSS mark (writing 5 to
+/proc/self/clear_refs), then reports VmHWM after the steps minus VmRSS after
+set-up. Without that reset, ru_maxrss after the steps minus ru_maxrss after
+set-up is used instead, which reads 0 whenever the imports peaked higher
+than the steps.
 """
 import json
 import os
@@ -24,16 +29,44 @@ def _maxrss_mib():
     return kib / 1024.0
 
 
+def _proc_status_mib(field):
+    """VmRSS / VmHWM from /proc/self/status in MiB, or None off Linux."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak():
+    """Reset the peak-RSS mark (Linux >= 4.0); True if it worked."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return _proc_status_mib("VmHWM") is not None
+    except OSError:
+        return False
+
+
 def child(workload, impl, dtype):
     """Runs inside the subprocess: prints one tagged JSON line."""
     problem = workloads.make(workload, dtype)
     module = harness.load_impls([impl], verbose=False)[impl]
     runner = getattr(module, problem.kind)(problem)
-    after_setup = _maxrss_mib()
-    for _ in range(STEPS):
-        runner.step()
-    after_steps = _maxrss_mib()
-    print(_TAG + json.dumps(dict(setup_mib=after_setup, peak_mib=after_steps,
+    if _reset_peak():
+        method, after_setup = "VmHWM-VmRSS", _proc_status_mib("VmRSS")
+        for _ in range(STEPS):
+            runner.step()
+        after_steps = _proc_status_mib("VmHWM")
+    else:
+        method, after_setup = "ru_maxrss", _maxrss_mib()
+        for _ in range(STEPS):
+            runner.step()
+        after_steps = _maxrss_mib()
+    print(_TAG + json.dumps(dict(method=method, setup_mib=after_setup, peak_mib=after_steps,
                                  step_mib=after_steps - after_setup)), flush=True)
 
 

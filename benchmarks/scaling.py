@@ -26,13 +26,13 @@ def _point(impls, args, dtype, **overrides):
 def run(args, dtype):
     impls = harness.load_impls(IMPLS)
     report = {"meta_batch": {}, "inner_steps": {}}
-    print(f"\nmaml_sine_2nd median ms vs meta-batch size (1 inner step)")
+    print("\nmaml_sine_2nd median ms vs meta-batch size (1 inner step)")
     print(f"  {'T':>4} " + " ".join(f"{n:>12}" for n in impls))
     for n_tasks in META_BATCH:
         medians = _point(impls, args, dtype, n_tasks=n_tasks)
         report["meta_batch"][n_tasks] = medians
         print(f"  {n_tasks:>4} " + " ".join(f"{medians[n]:>12.2f}" for n in impls), flush=True)
-    print(f"\nmaml_sine_2nd median ms vs inner steps (25 tasks)")
+    print("\nmaml_sine_2nd median ms vs inner steps (25 tasks)")
     print(f"  {'k':>4} " + " ".join(f"{n:>12}" for n in impls))
     for steps in INNER_STEPS:
         medians = _point(impls, args, dtype, inner_steps=steps)

@@ -171,9 +171,9 @@ WORKLOADS = OrderedDict([
     ("reptile_sine", (_reptile_sine,
                       "Reptile outer direction, sinusoid, 25 tasks, k=5 SGD steps", 30)),
     ("maml_conv4", (_maml_conv4,
-                    "MAML Conv4 5-way 1-shot 28x28, meta-batch 4, 15 queries/class, 2nd order", 5)),
+                    "MAML Conv4 5-way 1-shot 28x28, meta-batch 4, 15 queries/class, 2nd order", 3)),
     ("protonet", (_protonet,
-                  "ProtoNet Conv4 5-way 1-shot episode, 15 queries/class", 10)),
+                  "ProtoNet Conv4 5-way 1-shot episode, 15 queries/class", 7)),
 ])
 
 
