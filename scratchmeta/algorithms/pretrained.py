@@ -51,3 +51,38 @@ def finetune_evaluate(model, params, batch, alpha, steps, loss="mse"):
     """
     check_batch(batch, "pretrained")
     return evaluate_adapted(model, params, batch, alpha, steps, loss, who="pretrained")
+
+
+def baseline_report(model, theta_pretrained, sampler, n_tasks, batch_size, alpha, steps,
+                    loss="mse"):
+    """Fine-tune-and-score `n_tasks` tasks of `sampler`: name -> {"mean", "ci95", "tasks"}."""
+    from ..backend import host, to_numpy
+    values, done = [], 0
+    while done < n_tasks:
+        b = min(batch_size, n_tasks - done)
+        out = finetune_evaluate(model, theta_pretrained, sampler.sample(b), alpha, steps, loss)
+        values.append(to_numpy(out["mse"]))
+        done += b
+    v = host.concatenate(values)
+    return {"mean": float(v.mean()), "ci95": float(1.96 * v.std(ddof=1) / max(v.size, 2) ** 0.5),
+            "tasks": int(v.size)}
+
+
+def extra_baselines(config, learner, sampler, n_tasks=600, batch_size=100, inner_steps=None,
+                    baselines=True, **options):
+    """`scratchmeta eval`'s hook: the pretrained baseline on the same held-out tasks.
+
+    Trained for config["steps"] steps of config["meta_batch"] tasks (the
+    meta-learner's budget), with the learner's alpha and inner steps.
+    """
+    task = config.get("task", {})
+    if not baselines or task.get("name") != "sinusoid":
+        return {}
+    from ..tasks.regression import Sinusoid
+    train_tasks = Sinusoid(k_support=task.get("k_support", 10), k_query=task.get("k_query", 10),
+                           seed=config.get("seed", 0))
+    theta = pretrain(learner.model, train_tasks, config["steps"], seed=config.get("seed", 0),
+                     lr=1e-3, batch_tasks=config.get("meta_batch", 25))
+    steps = learner.eval_inner_steps if inner_steps is None else inner_steps
+    return {"baseline/pretrained": baseline_report(learner.model, theta, sampler, n_tasks,
+                                                   batch_size or 100, learner.inner_lr, steps)}

@@ -91,14 +91,16 @@ def default_config(task_name):
     over 50 points) follow the sine-wave demo published with the paper
     (gist joschu/f503500cda64f2ce87c8288906b09e2d, linked from
     openai.com/research/reptile); it uses one task per step and eps = 0.1
-    annealed to 0, here 25 tasks a step and a fixed eps.
+    annealed to 0. Here 25 tasks a step, averaged, and a fixed eps = 1
+    (theta <- mean_i W_i): after 2,000 steps it reached a lower 10-step MSE
+    than eps = 0.1 or Adam(1e-3) on theta - W (measured; see docs/reptile.md).
     Classification (Nichol et al. Table 3, Omniglot): inner Adam there; plain
     SGD here with inner_lr 0.4 as MAML, 5 steps, eps = 1.
     """
     cfg = base_config(task_name)
     if task_name == "sinusoid":
         cfg["algo"] = {"inner_lr": 0.02, "inner_steps": 5, "eval_inner_steps": 10}
-        cfg["optimizer"] = {"name": "sgd", "lr": 0.1}
+        cfg["optimizer"] = {"name": "sgd", "lr": 1.0}
     else:
         cfg["algo"] = {"inner_lr": 0.4, "inner_steps": 5, "eval_inner_steps": 5}
         cfg["optimizer"] = {"name": "sgd", "lr": 1.0}
