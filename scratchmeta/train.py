@@ -179,6 +179,9 @@ def build_config(algorithm, task, overrides=None):
             config.setdefault(key, {}).update(value)
         elif value is not None:
             config[key] = value
+    model = config.get("model", {})
+    if model.get("n_classes") and "n_way" in config["task"]:
+        model["n_classes"] = config["task"]["n_way"]       # a classifier head has one output per way
     return config
 
 

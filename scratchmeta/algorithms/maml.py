@@ -343,6 +343,26 @@ class MAML(MetaLearner):
         return evaluate_adapted(self.model, theta, batch, self.inner_lr, steps, self.loss,
                                 self.adapt_names, who=self.name)
 
+    def _inner_rates(self, theta):
+        """(theta, alpha): MAML's alpha is one number; Meta-SGD overrides this."""
+        return theta, self.inner_lr
+
+    def predict_adapted(self, theta, batch, x, steps):
+        """Predictions at x after `steps` first-order SGD steps on each task's support set.
+
+        For figures (Finn et al. 2017, Fig. 2): x (T, M, d) -> (T, M, d_out).
+        """
+        theta, alpha = self._inner_rates(theta)
+        with enable_grad():
+            theta = _fresh(theta)
+            if steps:
+                phi = adapt(self.model, theta, batch["support_x"], batch["support_y"], alpha,
+                            steps, first_order=True, loss=self.loss, names=self.adapt_names)
+            else:
+                phi = nn.batched(theta, x.shape[0])
+        with no_grad():
+            return self.model(phi, x)
+
 
 # ---------------------------------------------------------------------------
 # Registry hooks

@@ -55,6 +55,9 @@ class MetaSGD(MAML):
                 theta[PREFIX + k] = Tensor(v.data, requires_grad=True)
         return theta
 
+    def _inner_rates(self, params):
+        return self.rates(params)
+
     def rates(self, params):
         theta, lrs = split(params)
         return theta, (lrs if self.learn_lr else self._constant_lr(theta))

@@ -20,7 +20,7 @@ from collections import OrderedDict
 
 from ..tensor import Tensor, enable_grad, no_grad
 from .base import MetaLearner
-from .maml import (LOSSES, adapt, check_batch, check_finite, evaluate_adapted, model_and_loss,
+from .maml import (MAML, LOSSES, adapt, check_batch, check_finite, evaluate_adapted, model_and_loss,
                    base_config, task_losses, _select_support)
 
 
@@ -76,6 +76,11 @@ class Reptile(MetaLearner):
         steps = self.eval_inner_steps if inner_steps is None else inner_steps
         return evaluate_adapted(self.model, theta, batch, self.inner_lr, steps, self.loss,
                                 who=self.name)
+
+
+Reptile.predict_adapted = MAML.predict_adapted
+Reptile._inner_rates = MAML._inner_rates
+Reptile.adapt_names = None
 
 
 def make_learner(config):
