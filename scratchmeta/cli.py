@@ -159,6 +159,9 @@ def cmd_train(parser, args):
         _fail(parser, f"{args.out} already holds a run; use --resume {args.out} or another --out")
     _apply_backend(parser, args)
     task = args.task or DEFAULT_TASK[args.algorithm]
+    if task == "omniglot" and not args.data_root:
+        _fail(parser, "--task omniglot needs --data-root DIR: the folder holding "
+                      "images_background/ and images_evaluation/ (Omniglot is never downloaded)")
     if args.first_order and args.algorithm != "maml":
         _fail(parser, "--first-order applies to maml only (fomaml is maml --first-order)")
     algo = {}

@@ -1,0 +1,110 @@
+"""The `scratchmeta` command: flags checked before work, train/eval/plot, kill and resume."""
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from scratchmeta import cli, runs
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--steps", "6", "--meta-batch", "3", "--eval-every", "3", "--eval-tasks", "20",
+        "--no-progress"]
+
+
+def run_cli(*argv):
+    """Run main() in-process; return (exit code, stdout+stderr)."""
+    return cli.main(list(argv))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "mamll", "--out", "x"], "invalid choice: 'mamll'"),
+    (["train", "maml", "--steps", "-3", "--out", "x"], "must be at least 0, got -3"),
+    (["train", "maml", "--shots", "0", "--out", "x"], "must be at least 1, got 0"),
+    (["train", "maml", "--lr", "-1", "--out", "x"], "must be positive"),
+    (["train", "maml", "--backend", "tpu", "--out", "x"], "invalid choice: 'tpu'"),
+    (["train", "maml"], "--out DIR is required"),
+    (["train", "protonet", "--task", "omniglot", "--out", "x"], "omniglot.*root"),
+    (["train", "protonet", "--task", "omniglot", "--data-root", "/nonexistent/omniglot", "--out", "x"],
+     "/nonexistent/omniglot"),
+    (["train", "maml", "--task", "digits", "--ways", "7", "--out", "x"], "7"),
+    (["train", "protonet", "--task", "digits", "--shots", "400", "--out", "x"], "400"),
+    (["eval", "/nonexistent/run"], "not a directory"),
+    (["train", "--resume", "/nonexistent/run"], "not a run directory"),
+])
+def test_bad_flags_exit_2_with_a_message_before_any_work(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(*argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    import re
+    assert re.search(message, err), err
+    assert not os.path.exists(tmp_path / "x")                   # nothing was created
+
+
+def test_an_existing_run_is_not_overwritten(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    assert run_cli("train", "maml", "--out", out, *TINY) == 0
+    before = (tmp_path / "run" / "checkpoint.npz").read_bytes()
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli("train", "maml", "--out", out, *TINY)
+    assert exit_info.value.code == 2
+    assert "--resume" in capsys.readouterr().err
+    assert (tmp_path / "run" / "checkpoint.npz").read_bytes() == before
+
+
+def test_train_eval_json_and_plot(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    out = str(tmp_path / "run")
+    assert run_cli("train", "maml", "--task", "sinusoid", "--out", out, *TINY) == 0
+    capsys.readouterr()
+    assert run_cli("eval", out, "--shots", "5", "--inner-steps", "2", "--tasks", "30",
+                   "--json") == 0
+    report = json.loads(capsys.readouterr().out)
+    for key in ("metric", "mean", "ci95", "tasks", "baselines"):
+        assert key in report
+    assert report["metric"] == "mse" and report["tasks"] == 30
+    assert report["task"]["k_support"] == 5
+    assert {"pretrained", "zero"} <= set(report["baselines"])
+    assert run_cli("plot", out) == 0
+    written = capsys.readouterr().out.split()
+    assert any(p.endswith("learning_curves.png") for p in written)
+    assert all(os.path.getsize(p) > 1000 for p in written)
+
+
+def _theta(run_dir):
+    with np.load(os.path.join(run_dir, "checkpoint.npz")) as z:
+        return {k: z[k] for k in z.files if k.startswith("theta/")}
+
+
+def test_killed_at_a_random_moment_then_resumed_ends_bit_for_bit(tmp_path):
+    args = ["train", "maml", "--task", "sinusoid", "--steps", "600", "--meta-batch", "2",
+            "--checkpoint-every", "7", "--eval-every", "0", "--no-progress", "--seed", "3"]
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    full = str(tmp_path / "full")
+    subprocess.run([sys.executable, "-m", "scratchmeta", *args, "--out", full], check=True,
+                   env=env, capture_output=True)
+    cut = str(tmp_path / "cut")
+    proc = subprocess.Popen([sys.executable, "-m", "scratchmeta", *args, "--out", cut], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not os.path.exists(os.path.join(cut, "checkpoint.npz")) and time.time() < deadline:
+        time.sleep(0.01)
+    time.sleep(random.Random(os.getpid()).uniform(0.0, 0.4))     # a random moment mid-run
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    step = runs.load_checkpoint(cut)[0]                          # whatever was last written is whole
+    assert step % 7 == 0 or step == 600
+    done = subprocess.run([sys.executable, "-m", "scratchmeta", "train", "--resume", cut,
+                           "--no-progress"], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    a, b = _theta(full), _theta(cut)
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
