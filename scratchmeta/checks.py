@@ -40,6 +40,13 @@ def _prepare(inputs, who):
     return out, checked
 
 
+def _require_finite(xs, who):
+    """hvp and hessian refuse NaN/inf inputs, like the finite-difference checks."""
+    for i, x in enumerate(xs):
+        if x.dtype.kind == "f" and not bool(xp.all(xp.isfinite(x.data))):
+            raise ValueError(f"{who}: input {i} (shape {x.shape}) contains NaN or inf")
+
+
 def _outputs(fn, xs):
     y = fn(*xs)
     return tuple(y) if isinstance(y, (tuple, list)) else (y,)
@@ -185,6 +192,7 @@ def hvp(fn, inputs, v):
     single = not isinstance(inputs, (tuple, list))
     xs = [tensor(x.data if isinstance(x, Tensor) else x, requires_grad=True)
           for x in ((inputs,) if single else inputs)]
+    _require_finite(xs, "hvp")
     vs = [v] if single else list(v)
     if len(vs) != len(xs):
         raise ValueError(f"hvp: {len(xs)} inputs but {len(vs)} vectors")
@@ -214,6 +222,7 @@ def hessian(fn, x):
     so use it on small inputs only.
     """
     x = tensor(x.data if isinstance(x, Tensor) else x, requires_grad=True)
+    _require_finite([x], "hessian")
     y = fn(x)
     if y.data.size != 1:
         raise ValueError(f"hessian: fn must return a scalar, got shape {y.shape}")

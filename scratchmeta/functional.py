@@ -94,17 +94,19 @@ def cross_entropy(logits, labels):
 def mse_loss(pred, target):
     """mean((pred - target)^2)."""
     pred, target = _t(pred), _t(target)
-    d = pred - target
+    try:
+        d = pred - target
+    except ValueError:
+        raise ValueError(f"mse_loss: shapes {pred.shape} and {target.shape} do not broadcast") from None
     return (d * d).mean()
 
 
 def conv2d(x, w, b=None, stride=1, padding=0):
     """2-D cross-correlation, NCHW, w of shape (out, in, kh, kw) as in PyTorch.
 
-    im2col: unfold the input into windows (N, C*kh*kw, OH*OW), then one
-    matrix product with w reshaped to (out, C*kh*kw).
     Also batched over tasks: x (T, N, C, H, W) with w (T, out, in, kh, kw)
     and b (T, out) convolves each task's images with that task's weights.
+    The work happens in conv2d_cnhw, on the batch moved behind the channels.
     """
     x, w = _t(x), _t(w)
     batched = w.ndim == 5
@@ -112,22 +114,35 @@ def conv2d(x, w, b=None, stride=1, padding=0):
         raise ValueError(f"conv2d: expected x (N, C, H, W) and w (O, C, kh, kw) "
                          f"(or batched (T, N, C, H, W) and (T, O, C, kh, kw)), "
                          f"got shapes {x.shape} and {w.shape}")
-    out_c, in_c, kh, kw = w.shape[-4:]
-    if x.shape[-3] != in_c:
+    if x.shape[-3] != w.shape[-3]:
         raise ValueError(f"conv2d: input has {x.shape[-3]} channels (shape {x.shape}) "
-                         f"but the weight expects {in_c} (shape {w.shape})")
-    cols = ops.unfold(x, kh=kh, kw=kw, stride=stride, padding=padding)  # (..., C, kh, kw, OH, OW)
+                         f"but the weight expects {w.shape[-3]} (shape {w.shape})")
+    swap = (0, 2, 1, 3, 4) if batched else (1, 0, 2, 3)       # N <-> C, an involution
+    return conv2d_cnhw(x.transpose(*swap), w, b, stride, padding).transpose(*swap)
+
+
+def conv2d_cnhw(x, w, b=None, stride=1, padding=0):
+    """conv2d on the layout (..., C, N, H, W): channels before the batch.
+
+    im2col: unfold gives the windows as a (C*kh*kw, N*OH*OW) matrix, so the
+    whole batch is ONE matrix product with w reshaped to (O, C*kh*kw), and the
+    result (..., O, N, OH, OW) is already in this layout for the next layer.
+    Leading axes (tasks) batch the product: w (T, O, C, kh, kw), b (T, O).
+    """
+    x, w = _t(x), _t(w)
+    out_c, in_c, kh, kw = w.shape[-4:]
+    if x.shape[-4] != in_c:
+        raise ValueError(f"conv2d: input has {x.shape[-4]} channels but the weight expects "
+                         f"{in_c} (shape {w.shape})")
+    lead, n = x.shape[:-4], x.shape[-3]
+    cols = ops.unfold(x, kh=kh, kw=kw, stride=stride, padding=padding, at=-3)  # (..., C, kh, kw, N, OH, OW)
     oh, ow = cols.shape[-2:]
-    lead = x.shape[:-3]                                               # (N,) or (T, N)
-    cols = cols.reshape(lead + (in_c * kh * kw, oh * ow))
-    if batched:
-        wmat = w.reshape(w.shape[0], 1, out_c, in_c * kh * kw)       # (T, 1, O, CKK)
-    else:
-        wmat = w.reshape(out_c, in_c * kh * kw)                      # (O, CKK)
-    y = (wmat @ cols).reshape(lead + (out_c, oh, ow))               # (..., O, OH, OW)
+    cols = cols.reshape(lead + (in_c * kh * kw, n * oh * ow))
+    wmat = w.reshape(w.shape[:-3] + (in_c * kh * kw,))                       # (..., O, C*kh*kw)
+    y = (wmat @ cols).reshape(lead + (out_c, n, oh, ow))
     if b is not None:
         b = _t(b)
-        y = y + (b.reshape(b.shape[0], 1, out_c, 1, 1) if batched else b.reshape(out_c, 1, 1))
+        y = y + b.reshape(b.shape + (1, 1, 1))
     return y
 
 
@@ -140,48 +155,54 @@ def max_pool2d(x, kernel_size, stride=None):
     if H < k or W < k:
         raise ValueError(f"max_pool2d: kernel {k} is larger than the input's {H}x{W}")
     if s == k:
-        # non-overlapping windows: a reshape exposes them, no copy of windows
-        oh, ow = H // k, W // k
-        if (oh * k, ow * k) != (H, W):
-            x = x[..., :oh * k, :ow * k]
-        win = x.reshape(x.shape[:-2] + (oh, k, ow, k))
-        return win.max(axis=(-3, -1))
+        # non-overlapping windows: the max of k*k strided views, and a VJP that
+        # routes the gradient to each window's (first) maximum
+        return ops.pool_max(x, k=k)
     cols = ops.unfold(x, kh=k, kw=k, stride=s, padding=0)            # (..., k, k, OH, OW)
     cols = cols.reshape(cols.shape[:-4] + (k * k,) + cols.shape[-2:])
     return cols.max(axis=-3)
 
 
-def batch_norm(x, weight=None, bias=None, eps=1e-5, channel_axis=1):
+def batch_norm(x, weight=None, bias=None, eps=1e-5, channel_axis=1, batch_axis=None):
     """Normalise with the batch's own statistics (training mode, no running stats).
 
     y = (x - mean) / sqrt(var + eps) * weight + bias, with mean and the biased
-    variance taken over the batch axis (the one before `channel_axis`) and the
-    axes after the channels; MAML uses batch norm this way, transductively, at
-    meta-test time too (Finn et al. 2017).
+    variance taken over the batch axis (default: the one before `channel_axis`)
+    and every axis after the channels; MAML uses batch norm this way,
+    transductively, at meta-test time too (Finn et al. 2017).
 
-    Axes before the batch axis are independent groups: x of shape
-    (T, N, C, H, W) with channel_axis=2 normalises each task on its own, and
+    Other axes before the channels are independent groups: x of shape
+    (T, N, C, H, W) with channel_axis=2, or (T, C, N, H, W) with
+    channel_axis=1, batch_axis=2, normalises each task on its own, and
     weight/bias may then be per task, of shape (T, C).
     """
     x = _t(x)
     c = channel_axis % x.ndim
-    if c < 1:
+    b = (c - 1) if batch_axis is None else batch_axis % x.ndim
+    if b < 0 or b == c:
         raise ValueError(f"batch_norm: channel_axis {channel_axis} leaves no batch axis in shape {x.shape}")
-    axes = (c - 1,) + tuple(range(c + 1, x.ndim))
+    axes = tuple(sorted({b} | set(range(c + 1, x.ndim))))
+    groups = [i for i in range(c) if i != b]
     mean = x.mean(axis=axes, keepdims=True)
     centred = x - mean
     var = (centred * centred).mean(axis=axes, keepdims=True)
-    y = centred / (var + eps).sqrt()
-    tail = (1,) * (x.ndim - c - 1)
-    for p, op in ((weight, "mul"), (bias, "add")):
-        if p is None:
-            continue
-        p = _t(p)
-        if p.shape[-1] != x.shape[c]:
-            raise ValueError(f"batch_norm: {x.shape[c]} channels but a parameter of shape {p.shape}")
-        p = p.reshape(p.shape[:-1] + (1, x.shape[c]) + tail)
-        y = y * p if op == "mul" else y + p
-    return y
+    scale = (var + eps).sqrt() ** -1                       # 1/sigma, one per channel
+    shape = tuple(x.shape[c] if i == c else (x.shape[i] if i in groups else 1)
+                  for i in range(x.ndim))
+    params = []
+    for p in (weight, bias):
+        if p is not None:
+            p = _t(p)
+            if p.shape[-1] != x.shape[c] or p.ndim not in (1, len(groups) + 1):
+                raise ValueError(f"batch_norm: {x.shape[c]} channels (input {x.shape}) but a "
+                                 f"parameter of shape {p.shape}")
+            p = p.reshape(tuple(1 if p.ndim == 1 and i in groups else n for i, n in enumerate(shape)))
+        params.append(p)
+    weight, bias = params
+    if weight is not None:
+        scale = scale * weight                             # fold gamma into 1/sigma: one full-size product
+    y = centred * scale
+    return y if bias is None else y + bias
 
 
 def layer_norm(x, weight=None, bias=None, eps=1e-5):
@@ -210,6 +231,8 @@ def sq_dist(a, b):
     Expanded as ||a||^2 - 2 a.b + ||b||^2 so it is one matrix product.
     """
     a, b = _t(a), _t(b)
+    if a.ndim < 2 or b.ndim < 2 or a.shape[-1] != b.shape[-1]:
+        raise ValueError(f"sq_dist: shapes {a.shape} and {b.shape} are not (..., n, d) and (..., m, d)")
     aa = (a * a).sum(axis=-1, keepdims=True)                 # (..., n, 1)
     bb = (b * b).sum(axis=-1, keepdims=True).mT              # (..., 1, m)
     return aa - 2 * (a @ b.mT) + bb

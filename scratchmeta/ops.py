@@ -65,7 +65,7 @@ def sub(x, y):
 @sub.vjp
 def _sub_vjp(g, out, x, y):
     return (unbroadcast(g, x.shape) if x.requires_grad else None,
-            unbroadcast(-g, y.shape) if y.requires_grad else None)
+            -unbroadcast(g, y.shape) if y.requires_grad else None)   # negate after reducing
 
 
 @primitive
@@ -79,6 +79,9 @@ def mul(x, y):
 @mul.vjp
 def _mul_vjp(g, out, x, y):
     # d(xy)/dx = y, d(xy)/dy = x
+    if x is y:                                   # x * x: one product serves both slots
+        gx = g * x
+        return gx, gx
     return (unbroadcast(g * y, x.shape) if x.requires_grad else None,
             unbroadcast(g * x, y.shape) if y.requires_grad else None)
 
@@ -365,7 +368,11 @@ def _split_sizes(sizes, axis):
 
 @primitive
 def concatenate(*xs, axis=0):
-    return xp.concatenate(xs, axis=axis)
+    try:
+        return xp.concatenate(xs, axis=axis)
+    except ValueError:
+        shapes = ", ".join(str(x.shape) for x in xs)
+        raise ValueError(f"concatenate: shapes {shapes} do not fit together along axis {axis}") from None
 
 
 @concatenate.vjp
@@ -380,7 +387,11 @@ def _concatenate_vjp(g, out, *xs, axis=0):
 
 @primitive
 def stack(*xs, axis=0):
-    return xp.stack(xs, axis=axis)
+    try:
+        return xp.stack(xs, axis=axis)
+    except ValueError:
+        shapes = ", ".join(str(x.shape) for x in xs)
+        raise ValueError(f"stack: shapes {shapes} differ; stack needs equal shapes") from None
 
 
 @stack.vjp
@@ -395,7 +406,11 @@ def _stack_vjp(g, out, *xs, axis=0):
 
 @primitive
 def where(cond, x, y):
-    return xp.where(cond, x, y)
+    try:
+        return xp.where(cond, x, y)
+    except ValueError:
+        raise ValueError(f"where: shapes {cond.shape} (condition), {x.shape} and {y.shape} "
+                         f"do not broadcast") from None
 
 
 @where.vjp
@@ -411,49 +426,143 @@ def _out_size(n, k, stride):
     return (n - k) // stride + 1
 
 
-@primitive
-def unfold(x, kh, kw, stride=1, padding=0):
-    """Sliding kh x kw windows: (..., C, H, W) -> (..., C, kh, kw, OH, OW).
+def _window_lead(ndim, at):
+    """How many axes come before the window axes that unfold inserts."""
+    at = at % ndim
+    if not 0 <= at <= ndim - 2:
+        raise ValueError(f"unfold: at={at} must lie before the last two (spatial) axes")
+    return at
 
+
+@primitive
+def unfold(x, kh, kw, stride=1, padding=0, at=-2):
+    """Sliding kh x kw windows over the last two axes, window offsets inserted at `at`.
+
+    at=-2 (default): (..., C, H, W) -> (..., C, kh, kw, OH, OW).
+    at=-3:           (..., C, N, H, W) -> (..., C, kh, kw, N, OH, OW), so that
+    (C*kh*kw, N*OH*OW) is a plain reshape: the im2col matrix of a whole batch.
     A loop over the kh*kw window offsets, each copying one strided slice of
     the whole batch (no loop over pixels).
     """
+    lead = _window_lead(x.ndim, at)
     if padding:
         x = xp.pad(x, [(0, 0)] * (x.ndim - 2) + [(padding, padding)] * 2)
     H, W = x.shape[-2:]
     oh, ow = _out_size(H, kh, stride), _out_size(W, kw, stride)
     if oh < 1 or ow < 1:
         raise ValueError(f"unfold: a {kh}x{kw} window does not fit an input of size {H}x{W} (after padding)")
-    cols = xp.empty(x.shape[:-2] + (kh, kw, oh, ow), dtype=x.dtype)
+    cols = xp.empty(x.shape[:lead] + (kh, kw) + x.shape[lead:-2] + (oh, ow), dtype=x.dtype)
+    head = (slice(None),) * lead
     for i in range(kh):
         for j in range(kw):
-            cols[..., i, j, :, :] = x[..., i:i + stride * oh:stride, j:j + stride * ow:stride]
+            cols[head + (i, j)] = x[..., i:i + stride * oh:stride, j:j + stride * ow:stride]
     return cols
 
 
 @unfold.vjp
-def _unfold_vjp(g, out, x, kh, kw, stride=1, padding=0):
-    return (fold(g, size=x.shape[-2:], stride=stride, padding=padding),)
+def _unfold_vjp(g, out, x, kh, kw, stride=1, padding=0, at=-2):
+    return (fold(g, size=x.shape[-2:], stride=stride, padding=padding, at=at),)
 
 
 @primitive
-def fold(cols, size, stride=1, padding=0):
+def fold(cols, size, stride=1, padding=0, at=-2):
     """The adjoint of unfold: add every window back where it came from."""
-    kh, kw, oh, ow = cols.shape[-4:]
+    lead = _window_lead(cols.ndim - 2, at)
+    kh, kw = cols.shape[lead], cols.shape[lead + 1]
+    oh, ow = cols.shape[-2:]
     H, W = size[0] + 2 * padding, size[1] + 2 * padding
     if (oh, ow) != (_out_size(H, kh, stride), _out_size(W, kw, stride)):
         raise ValueError(f"fold: windows of shape {cols.shape} do not tile an input of size "
                          f"{tuple(size)} with stride {stride} and padding {padding}")
-    x = xp.zeros(cols.shape[:-4] + (H, W), dtype=cols.dtype)
+    x = xp.zeros(cols.shape[:lead] + cols.shape[lead + 2:-2] + (H, W), dtype=cols.dtype)
+    head = (slice(None),) * lead
     for i in range(kh):
         for j in range(kw):
-            x[..., i:i + stride * oh:stride, j:j + stride * ow:stride] += cols[..., i, j, :, :]
+            x[..., i:i + stride * oh:stride, j:j + stride * ow:stride] += cols[head + (i, j)]
     if padding:
         x = x[..., padding:H - padding, padding:W - padding]
     return x
 
 
 @fold.vjp
-def _fold_vjp(g, out, cols, size, stride=1, padding=0):
-    kh, kw = cols.shape[-4], cols.shape[-3]
-    return (unfold(g, kh=kh, kw=kw, stride=stride, padding=padding),)
+def _fold_vjp(g, out, cols, size, stride=1, padding=0, at=-2):
+    lead = _window_lead(cols.ndim - 2, at)
+    kh, kw = cols.shape[lead], cols.shape[lead + 1]
+    return (unfold(g, kh=kh, kw=kw, stride=stride, padding=padding, at=at),)
+
+
+# -- max pooling over non-overlapping k x k windows ---------------------------------
+# Pooling is a selection. Its VJP routes g back to each window's maximum
+# (split evenly between ties, as for max); the adjoint of routing is picking.
+# Both are linear in g, with a selection that is locally constant in x, so
+# their derivatives in x and out are zero (None).
+def _crop(x, k):
+    """x cropped to whole windows (floor mode), viewed as (..., OH, k, OW, k)."""
+    oh, ow = x.shape[-2] // k, x.shape[-1] // k
+    x = x[..., :oh * k, :ow * k]
+    return x.reshape(x.shape[:-2] + (oh, k, ow, k))
+
+
+@primitive
+def pool_max(x, k):
+    # the max of the k*k strided views x[..., i::k, j::k]: elementwise, no reduction
+    oh, ow = x.shape[-2] // k, x.shape[-1] // k
+    out = None
+    for i in range(k):
+        for j in range(k):
+            view = x[..., i:i + k * oh:k, j:j + k * ow:k]
+            out = view.copy() if out is None else xp.maximum(out, view, out=out)
+    return out
+
+
+@pool_max.vjp
+def _pool_max_vjp(g, out, x, k):
+    return (pool_route(g, x, out, k=k),)
+
+
+def _share(x, out, k):
+    """(..., OH, k, OW, k): 1 at each window's maximum, 1/m for an m-way tie, else 0."""
+    mask = _crop(x, k) == out[..., :, None, :, None]
+    count = _window_sum(mask, k, dtype=xp.int8)[..., :, None, :, None]
+    if bool((count > 1).any()):
+        return mask / count
+    return mask
+
+
+def _window_sum(a, k, dtype=None):
+    """Sum over the window axes of (..., OH, k, OW, k) as k*k elementwise adds
+    (a reduction over two strided axes is many times slower in NumPy)."""
+    total = a[..., :, 0, :, 0].astype(dtype or a.dtype)
+    for i in range(k):
+        for j in range(k):
+            if i or j:
+                total += a[..., :, i, :, j]
+    return total
+
+
+@primitive
+def pool_route(g, x, out, k):
+    """g (..., OH, OW) placed at each window's maximum of x; zeros elsewhere."""
+    routed = (g[..., :, None, :, None] * _share(x, out, k)).reshape(
+        x.shape[:-2] + (out.shape[-2] * k, out.shape[-1] * k))
+    if routed.shape != x.shape:                     # windows cropped off the edge get nothing
+        pad = [(0, 0)] * (x.ndim - 2) + [(0, x.shape[-2] - routed.shape[-2]),
+                                         (0, x.shape[-1] - routed.shape[-1])]
+        routed = xp.pad(routed, pad)
+    return routed
+
+
+@pool_route.vjp
+def _pool_route_vjp(g, out, g_in, x, pooled, k):
+    return (pool_pick(g, x, pooled, k=k), None, None)
+
+
+@primitive
+def pool_pick(gx, x, out, k):
+    """The adjoint of pool_route: each window's (tie-shared) value at its maximum."""
+    return _window_sum(_crop(gx, k) * _share(x, out, k), k)
+
+
+@pool_pick.vjp
+def _pool_pick_vjp(g, out, gx, x, pooled, k):
+    return (pool_route(g, x, pooled, k=k), None, None)

@@ -345,6 +345,10 @@ class Primitive:
                     break
         return out
 
+    @property
+    def __name__(self):          # so checks and tracebacks name the op
+        return self.name
+
     def __repr__(self):
         return f"<primitive {self.name}>"
 

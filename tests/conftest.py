@@ -1,7 +1,8 @@
 """Shared test set-up: Hypothesis profile, markers, and a clean engine state per test.
 
 - Hypothesis runs derandomized (the same examples on every run and machine)
-  with no deadline; HYPOTHESIS_PROFILE=thorough draws more, and at random.
+  with no deadline; HYPOTHESIS_PROFILE=thorough draws at random, and eight times as many
+  examples in the table tests (test_ops.examples).
 - `slow` tests run only with --runslow; `gpu` tests only where CuPy sees a device.
 - After every test the backend, the default dtype and grad mode are put back
   as they were when the test started (that is, as SCRATCHMETA_BACKEND and

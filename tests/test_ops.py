@@ -9,6 +9,7 @@ entries for max). One parametrized test walks the table with
 the rows with fixed shapes (`Spec.example`).
 """
 import functools
+import os
 
 import numpy as np
 import pytest
@@ -17,9 +18,15 @@ from hypothesis.extra import numpy as hnp
 
 import scratchmeta as sm
 from scratchmeta import backend, ops
+from scratchmeta.tensor import Primitive, _toposort
 
 F = sm.functional
 MAX_SIDE = 3
+
+
+def examples(n):
+    """n Hypothesis examples; HYPOTHESIS_PROFILE=thorough draws eight times as many."""
+    return n * 8 if os.environ.get("HYPOTHESIS_PROFILE") == "thorough" else n
 
 
 # ---------------------------------------------------------------------------
@@ -354,6 +361,9 @@ OP_TABLE = [
     Spec("relu", lambda x: x.relu(), unary(), domains="away0", example=([(2, 3)], {})),
     Spec("tanh", lambda x: x.tanh(), unary(), example=([(2, 3)], {})),
     Spec("sigmoid", lambda x: x.sigmoid(), unary(), example=([(2, 3)], {})),
+    # a cast (float64 -> float64 here; float32 round trips are in test_engine.py,
+    # since finite differences cannot resolve float32 rounding)
+    Spec("astype", lambda x: x.astype("float64") * 2.0, unary(), example=([(2, 3)], {})),
     # sliding windows (the primitives under conv2d and max_pool2d)
     Spec("unfold", lambda x, **kw: ops.unfold(x, **kw), window_shapes(),
          example=([(1, 2, 4, 4)], {"kh": 3, "kw": 2, "stride": 2, "padding": 1})),
@@ -374,8 +384,37 @@ def test_table_names_are_unique():
     assert set(ORDER3) <= set(_BY_NAME)
 
 
+def _primitives_in_graphs(spec):
+    """Names of the primitives in a row's forward graph and its two recorded backward graphs."""
+    arrays, kw = spec.sample()
+    xs = [sm.tensor(a, requires_grad=True) for a in device(arrays)]
+    y = spec.bind(kw)(*xs)
+    seen = list(_toposort((y,)))
+    # probes that require grad, as in check_grads: VJPs of VJPs then enter the graphs
+    v = sm.ones(*y.shape, requires_grad=True)
+    gs = [g for g in sm.grad(y, xs, grad_outputs=v, create_graph=True, allow_unused=True)
+          if g is not None and g.requires_grad]
+    seen += _toposort(gs)
+    if gs:
+        us = [sm.ones(*g.shape, requires_grad=True) for g in gs]
+        hs = sm.grad(gs, xs + [v], grad_outputs=us, create_graph=True, allow_unused=True)
+        seen += _toposort([h for h in hs if h is not None and h.requires_grad])
+    return {t._op.name for t in seen if t._op is not None}
+
+
+def test_every_primitive_is_exercised_by_the_tables():
+    """A new primitive in ops.py needs a row here (or must appear in some row's graphs,
+    forward or backward, as scatter_add does for getitem)."""
+    from test_functional import FN_TABLE
+    primitives = {v.name for v in vars(ops).values() if isinstance(v, Primitive)}
+    covered = set()
+    for spec in OP_TABLE + FN_TABLE:
+        covered |= _primitives_in_graphs(spec)
+    assert primitives - covered == set(), "primitives without a row in OP_TABLE/FN_TABLE"
+
+
 @pytest.mark.parametrize("spec", OP_TABLE, ids=lambda s: s.name)
-@settings(max_examples=25)
+@settings(max_examples=examples(25))
 @given(data=st.data())
 def test_op_grads(spec, data):
     arrays, kw = data.draw(spec.inputs(), label="inputs")
@@ -383,7 +422,7 @@ def test_op_grads(spec, data):
 
 
 @pytest.mark.parametrize("spec", [_BY_NAME[n] for n in ORDER3], ids=lambda s: s.name)
-@settings(max_examples=8)
+@settings(max_examples=examples(8))
 @given(data=st.data())
 def test_op_grads_order3(spec, data):
     arrays, kw = data.draw(spec.inputs(), label="inputs")

@@ -1,19 +1,15 @@
-"""scratchmeta, through its public API only (docs: /work/shared/API.md).
+"""scratchmeta, through the library's own algorithm code: what its users run.
 
-The sinusoid workloads are vectorised over tasks: each task gets its own
-copy of the parameters, stacked on a leading task axis, e.g. W of shape
-(tasks, out, in), and the forward pass is one batched matmul
-
-    x (T, N, in) @ W.transpose(0, 2, 1) (T, in, out) + b (T, 1, out)
-
-so there is no Python loop over tasks. The copies are made by broadcasting
-theta against zeros of shape (T, 1, ...): the support loss summed over tasks
-then has the per-task gradients as its gradient w.r.t. the copies, and the
-meta-gradient flows back to theta through the broadcast (a sum over T).
-
-Conv4 MAML still loops over the 4 tasks in Python: the API has no batched
-(grouped) convolution yet.
+Every workload calls scratchmeta's modules, not a copy written for the
+benchmark: nn.MLP / nn.Conv4 (pure functions of a parameter dict),
+algorithms.maml.meta_gradient (tasks batched on a leading axis: weights of
+shape (T, out, in) and batched matmul, batched convolution for Conv4, no
+Python loop over tasks), algorithms.reptile.reptile_direction, and
+Prototypical Networks' loss from algorithms.protonet. Parameters arrive in
+PyTorch's names and are renamed to the library's (fc1.weight -> w0,
+conv1.weight -> conv0.w, bn1.weight -> bn0.w, head.weight -> head.w).
 """
+
 import numpy as np
 
 from . import Runner
@@ -60,129 +56,120 @@ def _zeros_for(theta, n_tasks, dtype):
     return {r: _tensor(np.zeros((n_tasks,) + (1,) * r, dtype=dtype)) for r in ranks}
 
 
-# ------------------------------------------------------ batched MLP (tasks)
+# ------------------------------------------------------------------ names
 
-def batched_linear(x, w, b):
-    """Per-task linear layer: x (T, N, in), w (T, out, in), b (T, out) -> (T, N, out)."""
-    return x @ w.transpose(0, 2, 1) + b.reshape(b.shape[0], 1, b.shape[1])
-
-
-def batched_mlp(params, x):
-    h = batched_linear(x, params["fc1.weight"], params["fc1.bias"]).relu()
-    h = batched_linear(h, params["fc2.weight"], params["fc2.bias"]).relu()
-    return batched_linear(h, params["fc3.weight"], params["fc3.bias"])
-
-
-def per_task_mse(pred, target):
-    """Mean squared error of each task: (T, N, 1), (T, N, 1) -> (T,)."""
-    diff = pred - target
-    return (diff * diff).reshape(pred.shape[0], -1).mean(axis=1)
+def _rename(name):
+    """PyTorch-style benchmark names -> scratchmeta's nn names."""
+    layer, kind = name.split(".")
+    short = {"weight": "w", "bias": "b"}[kind]
+    if layer.startswith("fc"):
+        return f"{short}{int(layer[2:]) - 1}"
+    if layer.startswith(("conv", "bn")):
+        stem = layer.rstrip("0123456789")
+        return f"{stem}{int(layer[len(stem):]) - 1}.{short}"
+    return f"{layer}.{short}"
 
 
-# ------------------------------------------------------------------ Conv4
+def _theta(problem):
+    from collections import OrderedDict
+    return OrderedDict((_rename(k), _tensor(v, requires_grad=True)) for k, v in problem.params.items())
 
-def conv4(params, x):
-    """Conv4: (N, 1, 28, 28) -> logits (N, 5) with a head, else embeddings (N, 64)."""
-    for i in range(1, 5):
-        x = F.conv2d(x, params[f"conv{i}.weight"], params[f"conv{i}.bias"], padding=1)
-        x = F.batch_norm(x, params[f"bn{i}.weight"], params[f"bn{i}.bias"], eps=1e-5)
-        x = F.max_pool2d(x.relu(), 2)                  # 28 -> 14 -> 7 -> 3 -> 1
-    x = x.reshape(x.shape[0], x.shape[1] * x.shape[2] * x.shape[3])
-    if "head.weight" in params:
-        x = F.linear(x, params["head.weight"], params["head.bias"])
-    return x
+
+def _back(grads, problem):
+    """Library names -> benchmark names, as float64 host arrays."""
+    names = {_rename(k): k for k in problem.params}
+    return {names[k]: np.asarray(t.numpy(), dtype=np.float64) for k, t in grads.items()}
+
+
+def _batch(d, labels=False):
+    conv = _labels if labels else (lambda a: _tensor(a).data)
+    return {"support_x": _tensor(d["support_x"]).data, "query_x": _tensor(d["query_x"]).data,
+            "support_y": conv(d["support_y"]), "query_y": conv(d["query_y"])}
 
 
 # -------------------------------------------------------------- workloads
 
 def maml_sine(problem):
-    """grad_theta mean_t L_query_t(theta - alpha grad L_support_t(theta)), tasks batched."""
-    h, d = problem.hyper, problem.data
-    theta = {k: _tensor(v, requires_grad=True) for k, v in problem.params.items()}
-    xs, ys, xq, yq = (_tensor(d[k]) for k in ("support_x", "support_y", "query_x", "query_y"))
-    zeros = _zeros_for(theta, xs.shape[0], problem.dtype)
-    out = {}
+    """algorithms.maml.meta_gradient on an nn.MLP, 25 tasks batched."""
+    from scratchmeta.algorithms import maml
+    from scratchmeta.nn import MLP
+    h = problem.hyper
+    theta = _theta(problem)
+    sizes = [theta["w0"].shape[1]] + [theta[f"w{i}"].shape[0] for i in range(len(theta) // 2)]
+    model, batch, out = MLP(sizes), _batch(problem.data), {}
 
     def step():
-        phi = _per_task(theta, zeros)                  # (T, ...) copies of theta
-        for _ in range(h["inner_steps"]):
-            # tasks are independent, so d(sum_t L_t)/d phi_t = d L_t / d phi_t
-            support_loss = per_task_mse(batched_mlp(phi, xs), ys).sum()
-            grads = sm.grad(support_loss, list(phi.values()), create_graph=not h["first_order"])
-            phi = {k: w - h["alpha"] * g for (k, w), g in zip(phi.items(), grads)}
-        meta_loss = per_task_mse(batched_mlp(phi, xq), yq).mean()
-        out["grads"] = dict(zip(theta, sm.grad(meta_loss, list(theta.values()))))
+        out["grads"] = maml.meta_gradient(model, theta, batch, h["alpha"], h["inner_steps"],
+                                          first_order=h["first_order"], loss="mse")
         backend.synchronize()
 
-    return Runner(step, lambda: _numpy(out["grads"]))
+    return Runner(step, lambda: _back(out["grads"], problem))
 
 
 def reptile_sine(problem):
-    """Reptile (Nichol et al. 2018, Algorithm 1): mean_t (phi_t - theta), tasks batched."""
-    h, d = problem.hyper, problem.data
-    n_tasks = d["support_x"].shape[0]
-    # theta repeated per task, (T, ...), as plain data: the inner loop is first order
-    theta_tasks = {k: _tensor(np.repeat(v[None], n_tasks, axis=0)) for k, v in problem.params.items()}
-    xs, ys = _tensor(d["support_x"]), _tensor(d["support_y"])
-    out = {}
+    """algorithms.reptile.reptile_direction (Nichol et al. 2018, Algorithm 1), tasks batched.
+
+    The library returns theta - mean_t(phi_t), the direction an outer SGD step
+    descends; the benchmark compares mean_t(phi_t) - theta, its negative.
+    """
+    from scratchmeta.algorithms import reptile
+    from scratchmeta.nn import MLP
+    h = problem.hyper
+    theta = _theta(problem)
+    sizes = [theta["w0"].shape[1]] + [theta[f"w{i}"].shape[0] for i in range(len(theta) // 2)]
+    model, batch, out = MLP(sizes), _batch(problem.data), {}
 
     def step():
-        phi = {k: sm.tensor(w.data, requires_grad=True) for k, w in theta_tasks.items()}
-        for _ in range(h["inner_steps"]):
-            loss = per_task_mse(batched_mlp(phi, xs), ys).sum()
-            grads = sm.grad(loss, list(phi.values()))
-            with sm.no_grad():
-                phi = {k: w - h["alpha"] * g for (k, w), g in zip(phi.items(), grads)}
-            phi = {k: sm.tensor(w.data, requires_grad=True) for k, w in phi.items()}
+        direction, _ = reptile.reptile_direction(model, theta, batch, h["alpha"], h["inner_steps"])
         with sm.no_grad():
-            out["direction"] = {k: (phi[k] - theta_tasks[k]).mean(axis=0) for k in phi}
+            out["direction"] = {k: -v for k, v in direction.items()}
         backend.synchronize()
 
-    return Runner(step, lambda: _numpy(out["direction"]))
+    return Runner(step, lambda: _back(out["direction"], problem))
 
 
 def maml_conv4(problem):
-    """Conv4 MAML meta-gradient; a Python loop over the tasks (no grouped conv yet)."""
-    h, d = problem.hyper, problem.data
-    theta = {k: _tensor(v, requires_grad=True) for k, v in problem.params.items()}
-    n_tasks = d["support_x"].shape[0]
-    tasks = [(_tensor(d["support_x"][t]), _labels(d["support_y"][t]),
-              _tensor(d["query_x"][t]), _labels(d["query_y"][t])) for t in range(n_tasks)]
-    out = {}
+    """algorithms.maml.meta_gradient on nn.Conv4: the tasks batched through batched convolution."""
+    from scratchmeta.algorithms import maml
+    from scratchmeta.nn import Conv4
+    h = problem.hyper
+    theta = _theta(problem)
+    model = Conv4(in_channels=problem.data["support_x"].shape[-3], hidden=theta["conv0.w"].shape[0],
+                  n_classes=h["n_way"], image_size=problem.data["support_x"].shape[-1])
+    batch, out = _batch(problem.data, labels=True), {}
 
     def step():
-        total = 0.0
-        for xs, ys, xq, yq in tasks:
-            phi = theta
-            for _ in range(h["inner_steps"]):
-                loss = F.cross_entropy(conv4(phi, xs), ys)
-                grads = sm.grad(loss, list(phi.values()), create_graph=not h["first_order"])
-                phi = {k: w - h["alpha"] * g for (k, w), g in zip(phi.items(), grads)}
-            total = total + F.cross_entropy(conv4(phi, xq), yq)
-        out["grads"] = dict(zip(theta, sm.grad(total / n_tasks, list(theta.values()))))
+        out["grads"] = maml.meta_gradient(model, theta, batch, h["alpha"], h["inner_steps"],
+                                          first_order=h["first_order"], loss="cross_entropy")
         backend.synchronize()
 
-    return Runner(step, lambda: _numpy(out["grads"]))
+    return Runner(step, lambda: _back(out["grads"], problem))
 
 
 def protonet(problem):
-    """ProtoNet episode (Snell et al. 2017, Eq. 1 prototypes, Eq. 2 distance softmax)."""
+    """One ProtoNet episode (Snell et al. 2017, Eq. 1 prototypes, Eq. 2 distance softmax).
+
+    nn.Conv4 embeds support and query in one batch (one set of batch-norm
+    statistics, as the peers do), then algorithms.protonet's loss.
+    """
+    from scratchmeta.algorithms import protonet as proto
+    from scratchmeta.nn import Conv4
     h, d = problem.hyper, problem.data
-    params = {k: _tensor(v, requires_grad=True) for k, v in problem.params.items()}
-    n_support, n_query = len(d["support_y"]), len(d["query_y"])
-    # support and query share one batch (and its batch-norm statistics)
+    params = _theta(problem)
+    model = Conv4(in_channels=d["support_x"].shape[-3], hidden=params["conv0.w"].shape[0],
+                  n_classes=None, image_size=d["support_x"].shape[-1])
+    n_support = len(d["support_y"])
     x = _tensor(np.concatenate([d["support_x"], d["query_x"]]))
-    labels = _labels(d["query_y"])
+    y_support = _tensor(d["support_y"].reshape(1, -1)).data
+    y_query = _tensor(d["query_y"].reshape(1, -1)).data
     out = {}
 
     def step():
-        z = conv4(params, x)                                        # (S + Q, dim)
-        dim = z.shape[1]
-        prototypes = z[:n_support].reshape(h["n_way"], h["k_shot"], dim).mean(axis=1)
-        diff = z[n_support:].reshape(n_query, 1, dim) - prototypes.reshape(1, h["n_way"], dim)
-        sq_dist = (diff * diff).sum(axis=2)                         # (Q, n_way)
-        loss = F.cross_entropy(-sq_dist, labels)
+        z = model(params, x)                                         # (S + Q, dim)
+        zs = z[:n_support].reshape(1, n_support, z.shape[1])
+        zq = z[n_support:].reshape(1, z.shape[0] - n_support, z.shape[1])
+        loss = proto.episode_loss(zs, y_support, zq, y_query, h["n_way"]).mean()
         out["grads"] = dict(zip(params, sm.grad(loss, list(params.values()))))
         backend.synchronize()
 
-    return Runner(step, lambda: _numpy(out["grads"]))
+    return Runner(step, lambda: _back(out["grads"], problem))
