@@ -269,12 +269,14 @@ def tensor(data, requires_grad=False, dtype=None):
 
     Python floats and lists of floats take the default dtype (float64 unless
     `sm.set_default_dtype` says otherwise); arrays keep their dtype unless
-    `dtype` is given. An array of the other backend is refused.
+    `dtype` is given. A host NumPy array is uploaded (the explicit way onto
+    the GPU); a CuPy array under the NumPy backend is refused (use .get()).
     """
     if isinstance(data, Tensor):
         data = data.data
     other = backend.foreign_backend(data)
-    if other is not None:
+    if other is not None and other != "numpy":
+        # host -> device is the explicit upload tensor() is for; device -> host is not
         raise TypeError(
             f"tensor(): got a {other} array while the active backend is "
             f"{backend.get_backend()!r}; move it explicitly (sm.set_backend or .get())")

@@ -233,21 +233,24 @@ def where_shapes(draw):
 
 
 @st.composite
-def window_shapes(draw, adjoint=False):
-    """(N, C, H, W) or (T, N, C, H, W) with a window that fits; stride 1-2, padding 0-1."""
+def window_shapes(draw, adjoint=False, at=-2):
+    """(N, C, H, W) or (T, N, C, H, W) with a window that fits; stride 1-2, padding 0-1.
+
+    at=-3 puts the window axes before C (conv2d's batched im2col layout)."""
     lead = draw(st.lists(st.integers(1, 2), min_size=1, max_size=2))
     kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
     stride, padding = draw(st.integers(1, 2)), draw(st.integers(0, 1))
     H = draw(st.integers(max(1, kh - 2 * padding), 5))
     W = draw(st.integers(max(1, kw - 2 * padding), 5))
     C = draw(st.integers(1, 2))
-    kw_args = {"kh": kh, "kw": kw, "stride": stride, "padding": padding}
+    kw_args = {"kh": kh, "kw": kw, "stride": stride, "padding": padding, "at": at}
     if not adjoint:
         return (tuple(lead) + (C, H, W),), kw_args
     oh = (H + 2 * padding - kh) // stride + 1
     ow = (W + 2 * padding - kw) // stride + 1
-    return (tuple(lead) + (C, kh, kw, oh, ow),), {"size": (H, W), "stride": stride,
-                                                 "padding": padding}
+    cols = (C, kh, kw, oh, ow) if at == -2 else (kh, kw, C, oh, ow)
+    return (tuple(lead) + cols,), {"size": (H, W), "stride": stride, "padding": padding,
+                                   "at": at}
 
 
 # ---------------------------------------------------------------------------
@@ -369,6 +372,10 @@ OP_TABLE = [
          example=([(1, 2, 4, 4)], {"kh": 3, "kw": 2, "stride": 2, "padding": 1})),
     Spec("fold", lambda c, **kw: ops.fold(c, **kw), window_shapes(adjoint=True),
          example=([(1, 2, 2, 2, 4, 4)], {"size": (3, 3), "stride": 1, "padding": 1})),
+    Spec("unfold_at3", lambda x, **kw: ops.unfold(x, **kw), window_shapes(at=-3),
+         example=([(1, 2, 4, 4)], {"kh": 3, "kw": 2, "stride": 2, "padding": 1, "at": -3})),
+    Spec("fold_at3", lambda c, **kw: ops.fold(c, **kw), window_shapes(adjoint=True, at=-3),
+         example=([(1, 2, 2, 2, 4, 4)], {"size": (3, 3), "stride": 1, "padding": 1, "at": -3})),
 ]
 
 # Third order on a representative subset: products, quotients, matmul,
