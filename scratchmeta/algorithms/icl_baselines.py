@@ -40,7 +40,12 @@ def _predict(x, w):
 
 
 def least_squares(x, y):
-    """Minimum-norm least squares: w_i = G_i^+ b_i = X_i^+ y_i.
+    """Predictions of minimum-norm least squares (see least_squares_weights)."""
+    return _predict(_as64(x, y)[0], least_squares_weights(x, y))
+
+
+def least_squares_weights(x, y):
+    """Minimum-norm least squares per prefix: w_i = G_i^+ b_i = X_i^+ y_i, (T, n, d).
 
     For i >= d (and x in general position) G_i is invertible and this is the
     ordinary solution (X^T X)^{-1} X^T y; for i < d, G_i^+ picks the
@@ -53,8 +58,7 @@ def least_squares(x, y):
     tol = lam.max(axis=-1, keepdims=True) * x.shape[-1] * 1e-12     # relative cut-off
     inv = xp.where(lam > tol, 1.0 / xp.where(lam > tol, lam, 1.0), 0.0)
     coef = xp.sum(V * b[..., :, None], axis=-2) * inv               # V^T b / lambda
-    w = xp.sum(V * coef[..., None, :], axis=-1)                     # V (V^T b / lambda)
-    return _predict(x, w)
+    return xp.sum(V * coef[..., None, :], axis=-1)                  # V (V^T b / lambda)
 
 
 def ridge(x, y, lam):

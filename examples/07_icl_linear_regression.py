@@ -1,0 +1,96 @@
+"""A transformer learns linear regression in context (Garg et al. 2022, arXiv:2208.01066v3).
+
+Meta-training is pretraining on prompts (x_1, w.x_1, ..., x_n, w.x_n) with a
+fresh w ~ N(0, I_d) each; the prompt's examples are the support set. The
+loss is the squared error after every prefix (Sec. 3):
+
+    min_theta E_P [ (1/n) sum_{i=0}^{n-1} (M_theta(P^i) - w.x_{i+1})^2 ]
+
+After training, the model is scored on held-out prompts beside least squares,
+ridge, 3-nearest neighbours, averaging and one step of gradient descent, and
+the figure of Garg et al. (their Fig. 2) is saved: squared error / d against
+the number of in-context examples k, with the interpolation threshold k = d.
+
+    PYTHONPATH=. python3 examples/07_icl_linear_regression.py            # ~5-10 min, 2 cores
+    PYTHONPATH=. python3 examples/07_icl_linear_regression.py --steps 300 # a quick look
+"""
+import argparse
+import copy
+import time
+
+import scratchmeta as sm
+from scratchmeta import backend
+from scratchmeta.algorithms import icl
+from scratchmeta.optim import make_optimizer
+from scratchmeta.train import evaluate, meta_train
+
+METHODS = ("transformer", "least_squares", "ridge", "gd_one_step", "averaging", "knn")
+
+
+def curve(result, method, n_points):
+    """(k, mean, ci95) lists of one method's squared error / d."""
+    rows = [result[f"by_k/{k}/{method}"] for k in range(n_points)]
+    return list(range(n_points)), [r["mean"] for r in rows], [r["ci95"] for r in rows]
+
+
+def plot(result, n_dims, n_points, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method in METHODS:
+        k, mean, ci = curve(result, method, n_points)
+        style = {"lw": 2.5, "color": "black"} if method == "transformer" else {"lw": 1.2}
+        (line,) = ax.plot(k, mean, marker="o", ms=3, label=method.replace("_", " "), **style)
+        ax.fill_between(k, [m - c for m, c in zip(mean, ci)], [m + c for m, c in zip(mean, ci)],
+                        alpha=0.15, color=line.get_color())
+    ax.axvline(n_dims, ls="--", color="gray")
+    ax.text(n_dims + 0.15, 1.15, "k = d", color="gray")
+    ax.set_ylim(0, 1.25)
+    ax.set_xlabel("in-context examples k")
+    ax.set_ylabel("squared error / d")
+    ax.set_title(f"linear functions, d = {n_dims}: transformer vs. estimators")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"saved {path}")
+
+
+def main(steps=6000, n_dims=5, n_points=15, width=32, depth=3, heads=4, lr=1e-3,
+         interval=500, meta_batch=64, eval_prompts=2000, seed=0, dtype="float32",
+         figure="docs/icl.png", progress=True):
+    config = copy.deepcopy(icl.default_config("linreg"))
+    config["task"].update(n_dims=n_dims, n_points=n_points)
+    cur = config["task"]["curriculum"]
+    cur["dims"].update(end=n_dims, start=min(cur["dims"]["start"], n_dims), interval=interval)
+    cur["points"].update(end=n_points, start=min(cur["points"]["start"], n_points), interval=interval)
+    config["model"].update(width=width, depth=depth, heads=heads)
+    backend.set_default_dtype(dtype)
+    learner = icl.make_learner(config)
+    sampler = icl.make_sampler(config, "train", seed)
+    optimizer = make_optimizer(dict(config["optimizer"], lr=lr))
+    t0 = time.time()
+    theta, _ = meta_train(learner, sampler, steps, meta_batch, optimizer=optimizer, seed=seed,
+                          progress=progress)
+    train_time = time.time() - t0
+    print(f"trained {steps} steps in {train_time:.0f} s ({train_time / max(steps, 1) * 1e3:.0f} ms/step)")
+
+    held_out = icl.make_sampler(config, "test", seed + 123)
+    result = evaluate(learner, theta, held_out, n_tasks=eval_prompts, batch_size=500)
+    print(f"squared error / d on {eval_prompts} held-out prompts (mean +- 95% CI)")
+    print("   k  " + "".join(f"{m:>19}" for m in METHODS))
+    for k in sorted({1, n_dims, 2 * n_dims, n_points - 1} & set(range(n_points))):
+        cells = "".join(f"{result[f'by_k/{k}/{m}']['mean']:>10.4f} +-{result[f'by_k/{k}/{m}']['ci95']:<6.3f}"
+                        for m in METHODS)
+        print(f"{k:>4}  {cells}")
+    if figure:
+        plot(result, n_dims, n_points, figure)
+    return result, train_time
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=6000)
+    p.add_argument("--figure", default="docs/icl.png")
+    a = p.parse_args()
+    main(steps=a.steps, figure=a.figure)
