@@ -179,9 +179,10 @@ def cmd_train(parser, args):
                  "steps": args.steps, "meta_batch": args.meta_batch, "seed": args.seed,
                  "eval_every": args.eval_every, "eval_tasks": args.eval_tasks,
                  "checkpoint_every": args.checkpoint_every,
-                 "dtype": args.dtype or backend.get_default_dtype().__name__}
+                 "dtype": args.dtype}
     try:
         config = train.build_config(args.algorithm, task, overrides)
+        config.setdefault("dtype", backend.get_default_dtype().__name__)   # recorded for resume
         # build everything once before any work: bad ways/shots/data fail here
         from .algorithms import make_learner
         make_learner(config)
@@ -208,7 +209,7 @@ def cmd_eval(parser, args):
     except (ValueError, FileNotFoundError) as e:
         _fail(parser, str(e))
     if args.json:
-        print(json.dumps(report, indent=2, sort_keys=True))
+        print(json.dumps(report, indent=2))          # by_k stays in numeric order
     else:
         print(evaluation.format_report(report))
     return 0

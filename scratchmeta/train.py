@@ -116,7 +116,9 @@ def meta_train(learner, sampler, steps, meta_batch, optimizer=None, seed=0, run_
                 if run_dir is not None:
                     runs.append_metrics(run_dir, record)
             if run_dir is not None and (step % checkpoint_every == 0 or step == steps):
-                runs.save_checkpoint(run_dir, step, theta, optimizer, sampler, config or {})
+                learner_state = learner.state_dict() if hasattr(learner, "state_dict") else None
+                runs.save_checkpoint(run_dir, step, theta, optimizer, sampler, config or {},
+                                     extra={"learner": learner_state})
                 last_saved = step
     finally:
         bar.close()
@@ -159,10 +161,11 @@ def make_sampler(config, split, seed=None):
                         seed=seed if split == "train" else seed + 1_000_003)
     if name in ("glyphs", "omniglot", "digits"):
         data = dataset(name, task.get("data_root"))
-        n_way = task["n_way"]
-        if split == "train":
+        n_way, n_query = task["n_way"], task["n_query"]
+        if split == "train":   # ProtoNets may train on more ways (and other queries) than they test
             n_way = config.get("algo", {}).get("train_ways") or n_way
-        return data.sampler(split, n_way, task["k_shot"], task["n_query"],
+            n_query = config.get("algo", {}).get("train_queries") or n_query
+        return data.sampler(split, n_way, task["k_shot"], n_query,
                             seed=seed if split == "train" else seed + 1_000_003)
     raise ValueError(f"unknown task {name!r}")
 
@@ -195,7 +198,8 @@ def run(config, run_dir, resume=False, progress=True):
     os.makedirs(run_dir, exist_ok=True)
     if resume:
         config = runs.read_json(os.path.join(run_dir, runs.CONFIG))
-    backend.set_default_dtype(config.get("dtype", "float64"))
+    if config.get("dtype"):
+        backend.set_default_dtype(config["dtype"])
     learner = make_learner(config)
     sampler = make_sampler(config, "train")
     eval_sampler = make_sampler(config, "test") if config.get("eval_every") else None
@@ -203,13 +207,17 @@ def run(config, run_dir, resume=False, progress=True):
     theta, start = None, 0
     ckpt = os.path.join(run_dir, runs.CHECKPOINT)
     if resume and os.path.exists(ckpt):
-        start, theta, opt_scalars, opt_tensors, sampler_state, _ = runs.load_checkpoint(ckpt, config)
+        start, theta, opt_scalars, opt_tensors, sampler_state, extra = runs.load_checkpoint(ckpt, config)
         runs.check_params_match(theta, learner.init(config.get("seed", 0)))
         optimizer.load_state_dict(opt_scalars, opt_tensors)
         sampler.load_state_dict(sampler_state)
+        if extra.get("learner") is not None:
+            learner.load_state_dict(extra["learner"])
         runs.truncate_metrics(run_dir, start)
     elif not resume:
         runs.write_json(os.path.join(run_dir, runs.CONFIG), config)
+    else:                                   # killed before its first checkpoint: start afresh
+        runs.truncate_metrics(run_dir, 0)
     return meta_train(learner, sampler, config["steps"], config["meta_batch"], optimizer=optimizer,
                       seed=config.get("seed", 0), run_dir=run_dir, config=config,
                       eval_sampler=eval_sampler, eval_every=config.get("eval_every", 0),
@@ -224,7 +232,8 @@ def load_run(run_dir):
     if not os.path.exists(config_path):
         raise FileNotFoundError(f"{run_dir} is not a run directory (no {runs.CONFIG})")
     config = runs.read_json(config_path)
-    backend.set_default_dtype(config.get("dtype", "float64"))
+    if config.get("dtype"):
+        backend.set_default_dtype(config["dtype"])
     learner = make_learner(config)
     step, theta, *_ = runs.load_checkpoint(os.path.join(run_dir, runs.CHECKPOINT), config)
     runs.check_params_match(theta, learner.init(config.get("seed", 0)))

@@ -143,3 +143,29 @@ def test_meta_train_rejects_bad_counts(toy):
         train.meta_train(learner, train.make_sampler(toy, "train"), steps=-1, meta_batch=2)
     with pytest.raises(ValueError, match="meta_batch >= 1"):
         train.meta_train(learner, train.make_sampler(toy, "train"), steps=1, meta_batch=0)
+
+
+def test_a_learner_with_its_own_rng_resumes_exactly(tmp_path, monkeypatch):
+    """The CNP draws context sizes from its own generator: checkpoints carry its state."""
+    config = train.build_config("cnp", "sinusoid", {"steps": 12, "meta_batch": 4, "eval_every": 0,
+                                                     "checkpoint_every": 4})
+    config["model"].update({"r_dim": 8, "encoder": [8], "decoder": [8]})
+    full, _ = train.run(config, str(tmp_path / "full"), progress=False)
+
+    from scratchmeta.algorithms import cnp
+    real_step = cnp.CNP.meta_step
+    calls = []
+
+    def flaky(self, theta, batch):
+        calls.append(1)
+        if len(calls) == 7:
+            raise _Stop()
+        return real_step(self, theta, batch)
+
+    monkeypatch.setattr(cnp.CNP, "meta_step", flaky)
+    with pytest.raises(_Stop):
+        train.run(config, str(tmp_path / "cut"), progress=False)
+    monkeypatch.setattr(cnp.CNP, "meta_step", real_step)
+    resumed, _ = train.run(None, str(tmp_path / "cut"), resume=True, progress=False)
+    for k in full:
+        np.testing.assert_array_equal(resumed[k].numpy(), full[k].numpy())

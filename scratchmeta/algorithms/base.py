@@ -43,3 +43,7 @@ class MetaLearner:
         `scratchmeta eval` flags.
         """
         raise NotImplementedError
+
+    # A learner with randomness of its own (e.g. the CNP's context sizes) also
+    # defines state_dict() -> JSON-able dict and load_state_dict(dict); the
+    # training loop saves it in every checkpoint so resumed runs stay exact.

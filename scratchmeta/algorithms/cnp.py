@@ -66,6 +66,13 @@ class CNP(MetaLearner):
         self.random_context, self.seed = bool(random_context), int(seed)
         self._rng = backend.host.random.default_rng(self.seed)
 
+    def state_dict(self):
+        """The context-size generator's state: checkpoints save it, so runs resume exactly."""
+        return {"rng": self._rng.bit_generator.state}
+
+    def load_state_dict(self, state):
+        self._rng.bit_generator.state = state["rng"]
+
     def config(self):
         return {"model": {"x_dim": self.x_dim, "y_dim": self.y_dim, "r_dim": self.r_dim,
                           "encoder": list(self.encoder.sizes[1:-1]),
