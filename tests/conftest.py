@@ -11,6 +11,10 @@
 import functools
 import importlib
 import os
+import tempfile
+
+# caches (glyph set, pretrained baselines) go to a fresh folder, not the user's home
+os.environ.setdefault("SCRATCHMETA_CACHE", tempfile.mkdtemp(prefix="scratchmeta-test-cache-"))
 
 import pytest
 from hypothesis import HealthCheck, settings

@@ -81,8 +81,40 @@ def extra_baselines(config, learner, sampler, n_tasks=600, batch_size=100, inner
     from ..tasks.regression import Sinusoid
     train_tasks = Sinusoid(k_support=task.get("k_support", 10), k_query=task.get("k_query", 10),
                            seed=config.get("seed", 0))
-    theta = pretrain(learner.model, train_tasks, config["steps"], seed=config.get("seed", 0),
-                     lr=1e-3, batch_tasks=config.get("meta_batch", 25))
+    theta = _cached_pretrain(learner.model, train_tasks, config)
     steps = learner.eval_inner_steps if inner_steps is None else inner_steps
     return {"baseline/pretrained": baseline_report(learner.model, theta, sampler, n_tasks,
                                                    batch_size or 100, learner.inner_lr, steps)}
+
+
+def _cached_pretrain(model, train_tasks, config):
+    """pretrain(), remembered on disk: the same settings always give the same weights,
+    so evaluating one run at several K or step counts trains the baseline once."""
+    import hashlib
+    import io
+    import json
+    import os
+    from collections import OrderedDict
+
+    from .. import backend, runs
+    from ..tasks.datasets import default_cache_dir
+    from ..tensor import Tensor
+    key = {"model": model.config(), "tasks": train_tasks.config(), "steps": config["steps"],
+           "seed": config.get("seed", 0), "batch": config.get("meta_batch", 25),
+           "dtype": backend.get_default_dtype().__name__, "version": 1}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    path = os.path.join(default_cache_dir(), f"pretrained-{digest}.npz")
+    if os.path.exists(path):
+        try:
+            with backend.host.load(path) as z:
+                return OrderedDict((k, Tensor(backend.asarray(z[k]), requires_grad=True))
+                                   for k in z.files)
+        except (OSError, ValueError, KeyError):
+            pass                                     # unreadable cache: train again
+    theta = pretrain(model, train_tasks, config["steps"], seed=config.get("seed", 0),
+                     lr=1e-3, batch_tasks=config.get("meta_batch", 25))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    buf = io.BytesIO()
+    backend.host.savez(buf, **{k: backend.to_numpy(v.data) for k, v in theta.items()})
+    runs.atomic_write_bytes(path, buf.getvalue())
+    return theta
