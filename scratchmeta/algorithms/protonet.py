@@ -306,7 +306,7 @@ class ProtoNet(MetaLearner):
         unknown = sorted(k for k, v in options.items() if v is not None)
         if unknown:
             raise ValueError(f"{self.name}.evaluate: unknown options {unknown} "
-                             f"(a metric learner adapts through its prototypes: no inner steps)")
+                             f"(a metric learner takes no gradient steps at test time)")
         _check_batch(batch, f"{self.name}.evaluate")
         n_way = episode_ways(batch)
         n_tasks = batch["support_x"].shape[0]
