@@ -17,7 +17,7 @@ are far below the papers' budgets, so this table compares algorithms at an
 equal, small CPU budget, not at convergence; --scale multiplies every
 budget. On a shared, busy 2-core VM (float32, one BLAS thread) the whole
 script took 36 minutes, most of it evaluating MAML, FOMAML and Reptile;
---shots 1 alone took about 9. docs/results_fewshot.md keeps the output
+--shots 1 alone took about 9. docs/results.md keeps the output
 and the command that made it.
 
     OPENBLAS_NUM_THREADS=1 python examples/06_fewshot_table.py
