@@ -60,6 +60,9 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=None,
                    help="timed calls per implementation (default: per workload, see workloads.py)")
     p.add_argument("--warmup", type=int, default=1, help="untimed calls first (default 1)")
+    p.add_argument("--quick", action="store_true",
+                   help="a short run for a GPU check: MAML sinusoid, Conv4 MAML and ProtoNet, "
+                        "scratchmeta against the PyTorch loop, 3 repeats")
     p.add_argument("--float32", action="store_true", help="float32 instead of float64 (looser agreement check)")
     p.add_argument("--backend", choices=("numpy", "cupy"), default="numpy", help="scratchmeta's backend")
     p.add_argument("--json", metavar="OUT", help="write all numbers to this JSON file")
@@ -85,6 +88,10 @@ def environment(args):
 
 
 def benchmark(args, dtype):
+    if args.quick:
+        args.workloads = ["maml_sine_2nd", "maml_conv4", "protonet"]
+        args.impls = ["torch_loop", "scratchmeta"]
+        args.repeats = args.repeats or 3
     impls = harness.load_impls(args.impls)
     rtol, atol = harness.tolerances(dtype)
     report = {}
