@@ -4,12 +4,12 @@ import re
 
 import pytest
 
-DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs"
-PAGES = ["exercises.md", "confusions.md"]
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+PAGES = ["docs/exercises.md", "docs/confusions.md", "README.md"]
 
 
 def _blocks(page):
-    path = DOCS / page
+    path = ROOT / page
     if not path.exists():
         return []
     return re.findall(r"```python\n(.*?)```", path.read_text(), flags=re.S)
@@ -19,8 +19,8 @@ CASES = [(page, i, code) for page in PAGES for i, code in enumerate(_blocks(page
 
 
 def test_the_pages_have_runnable_blocks():
-    assert {page for page, _, _ in CASES} >= {"exercises.md"}
-    assert len([c for c in CASES if c[0] == "exercises.md"]) == 2
+    assert {page for page, _, _ in CASES} == set(PAGES)
+    assert len([c for c in CASES if c[0] == "docs/exercises.md"]) == 2
 
 
 @pytest.mark.parametrize("page, index, code", CASES, ids=[f"{p}[{i}]" for p, i, _ in CASES])
