@@ -37,7 +37,7 @@ def cupy():
     yield cupy
 
 
-def _compare(expected, got, rtol=1e-10, atol=1e-12):
+def _assert_matches(expected, got, rtol=1e-10, atol=1e-12):
     for e_part, g_part in zip(expected, got):
         e_part = e_part if isinstance(e_part, list) else [e_part]
         g_part = g_part if isinstance(g_part, list) else [g_part]
@@ -65,7 +65,7 @@ def test_row_matches_numpy(spec, cupy):
     expected = _derivatives(spec, arrays, kw)
     sm.set_backend("cupy")
     got = _derivatives(spec, arrays, kw)
-    _compare(expected, got)
+    _assert_matches(expected, got)
 
 
 @pytest.mark.parametrize("name", CHECKED_ON_DEVICE)
@@ -83,7 +83,7 @@ def test_maml_double_backward_matches_numpy(cupy):
     expected_loss, expected_meta = _maml_step()
     sm.set_backend("cupy")
     loss, meta = _maml_step()
-    _compare([expected_loss, expected_meta], [loss, meta], rtol=1e-9)
+    _assert_matches([expected_loss, expected_meta], [loss, meta], rtol=1e-9)
 
 
 def test_float32_on_the_device(cupy):
@@ -96,11 +96,11 @@ def test_float32_on_the_device(cupy):
 
 
 def test_host_arrays_are_refused_and_numpy_is_the_door_back(cupy):
-    with pytest.raises(TypeError, match="got a numpy array while the active backend is 'cupy'"):
-        sm.tensor(np.ones(2))
+    uploaded = sm.tensor(np.ones(2))                 # tensor() is the explicit upload
+    assert isinstance(uploaded.data, cupy.ndarray)
     x = sm.tensor([1.0, 2.0], requires_grad=True)
-    with pytest.raises(TypeError):
-        x + np.ones(2)
+    with pytest.raises(TypeError, match="got a numpy array while the active backend is 'cupy'"):
+        x + np.ones(2)                               # an operation never mixes in host arrays
     out = (x * 3).numpy()
     assert type(out) is np.ndarray and out.tolist() == [3.0, 6.0]
     backend.synchronize()
