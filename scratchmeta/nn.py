@@ -29,25 +29,40 @@ def _constant(value, shape, dtype):
 class MLP:
     """Fully connected network, e.g. MAML's sinusoid regressor 1-40-40-1 with ReLU."""
 
-    def __init__(self, sizes=(1, 40, 40, 1), activation="relu"):
+    def __init__(self, sizes=(1, 40, 40, 1), activation="relu", init="pytorch"):
         if len(sizes) < 2 or any(int(s) < 1 for s in sizes):
             raise ValueError(f"MLP: sizes must be at least two positive widths, got {sizes}")
         if activation not in ("relu", "tanh"):
             raise ValueError(f"MLP: unknown activation {activation!r} (relu or tanh)")
+        if init not in ("pytorch", "maml"):
+            raise ValueError(f"MLP: unknown init {init!r} (pytorch or maml)")
         self.sizes = tuple(int(s) for s in sizes)
-        self.activation = activation
+        self.activation, self.init_scheme = activation, init
 
     def config(self):
-        return {"model": "mlp", "sizes": list(self.sizes), "activation": self.activation}
+        cfg = {"model": "mlp", "sizes": list(self.sizes), "activation": self.activation}
+        if self.init_scheme != "pytorch":
+            cfg["init"] = self.init_scheme
+        return cfg
 
     def init(self, seed=0, dtype=None):
+        """init "pytorch": U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases;
+        "maml": MAML's reference code, weights from a normal with std 0.01 truncated
+        at two standard deviations, biases 0."""
         rng = backend.host.random.default_rng(seed)
         dtype = backend.resolve_dtype(dtype)
         params = OrderedDict()
         for i, (n_in, n_out) in enumerate(zip(self.sizes[:-1], self.sizes[1:])):
-            bound = 1 / math.sqrt(n_in)
-            params[f"w{i}"] = _uniform(rng, bound, (n_out, n_in), dtype)
-            params[f"b{i}"] = _uniform(rng, bound, (n_out,), dtype)
+            if self.init_scheme == "maml":
+                w = rng.standard_normal((n_out, n_in))
+                while (bad := backend.host.abs(w) > 2).any():      # redraw beyond 2 std
+                    w[bad] = rng.standard_normal(int(bad.sum()))
+                params[f"w{i}"] = tensor(backend.asarray(0.01 * w, dtype=dtype), requires_grad=True)
+                params[f"b{i}"] = _constant(0.0, (n_out,), dtype)
+            else:
+                bound = 1 / math.sqrt(n_in)
+                params[f"w{i}"] = _uniform(rng, bound, (n_out, n_in), dtype)
+                params[f"b{i}"] = _uniform(rng, bound, (n_out,), dtype)
         return params
 
     def features(self, params, x):
