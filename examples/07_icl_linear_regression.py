@@ -16,8 +16,10 @@ the number of in-context examples k, with the interpolation threshold k = d.
 
 The default is a quick look at the machinery: measured on a 2-core CPU, 2,000
 steps took 59 s and the model was still on the loss plateau that precedes
-in-context learning (about 0.65 at every k). The curve of docs/icl.png, where
-the error falls with k, needs the longer run (about 5,400 steps, 4-5 minutes).
+in-context learning (about 0.65 at every k). With --steps 4000 (190 s) it had
+left the plateau: error/d 0.171 +- 0.017 at k = 2d, below one tuned step of
+gradient descent (0.392), averaging (0.694) and 3-NN (0.630). The curve of
+docs/icl.png comes from the longer run (about 5,400 steps).
 """
 import argparse
 import copy
