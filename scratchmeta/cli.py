@@ -88,6 +88,8 @@ def build_parser():
     t.add_argument("--inner-lr", type=_nonnegative_float, help="inner-loop step size, alpha")
     t.add_argument("--inner-steps", type=_int_at_least(1), help="inner-loop SGD steps")
     t.add_argument("--first-order", action="store_true", help="drop the Hessian term (MAML only)")
+    t.add_argument("--init", choices=("pytorch", "maml"),
+                   help="MLP initialisation: PyTorch's default (uniform) or MAML's reference code's")
     t.add_argument("--train-ways", type=_int_at_least(2),
                    help="ways at training time (ProtoNets' trick: more ways than at test)")
     t.add_argument("--eval-every", type=_int_at_least(0), help="steps between held-out evaluations (0: never)")
@@ -174,7 +176,7 @@ def cmd_train(parser, args):
     if args.train_ways:
         algo["train_ways"] = args.train_ways
     overrides = {"task": task_overrides(task, args.shots, args.ways, args.queries, args.data_root),
-                 "algo": algo,
+                 "algo": algo, "model": {"init": args.init} if args.init else {},
                  "optimizer": {"lr": args.lr} if args.lr else {},
                  "steps": args.steps, "meta_batch": args.meta_batch, "seed": args.seed,
                  "eval_every": args.eval_every, "eval_tasks": args.eval_tasks,
@@ -182,6 +184,8 @@ def cmd_train(parser, args):
                  "dtype": args.dtype}
     try:
         config = train.build_config(args.algorithm, task, overrides)
+        if args.init and config["model"].get("model") != "mlp":
+            _fail(parser, "--init applies to MLP models (the sinusoid task)")
         config.setdefault("dtype", backend.get_default_dtype().__name__)   # recorded for resume
         # build everything once before any work: bad ways/shots/data fail here
         from .algorithms import make_learner

@@ -108,3 +108,14 @@ def test_killed_at_a_random_moment_then_resumed_ends_bit_for_bit(tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_init_flag_reaches_the_model_and_is_refused_for_conv_nets(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    assert run_cli("train", "maml", "--init", "maml", "--out", out, *TINY) == 0
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["model"]["init"] == "maml"
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli("train", "maml", "--task", "digits", "--init", "maml", "--out", str(tmp_path / "b"))
+    assert exit_info.value.code == 2
+    assert "--init applies to MLP models" in capsys.readouterr().err
