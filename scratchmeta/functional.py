@@ -124,9 +124,11 @@ def conv2d(x, w, b=None, stride=1, padding=0):
 def conv2d_cnhw(x, w, b=None, stride=1, padding=0):
     """conv2d on the layout (..., C, N, H, W): channels before the batch.
 
-    im2col: unfold gives the windows as a (C*kh*kw, N*OH*OW) matrix, so the
-    whole batch is ONE matrix product with w reshaped to (O, C*kh*kw), and the
-    result (..., O, N, OH, OW) is already in this layout for the next layer.
+    im2col: the windows form a (C*kh*kw, N*OH*OW) matrix U(x), so the whole
+    batch is ONE matrix product with w reshaped to (O, C*kh*kw), and the result
+    (..., O, N, OH, OW) is already in this layout for the next layer. The
+    primitive ops.conv keeps only x and w for its VJP, whose two halves are
+    themselves convolutions (ops.conv_transpose, ops.conv_weight_grad).
     Leading axes (tasks) batch the product: w (T, O, C, kh, kw), b (T, O).
     """
     x, w = _t(x), _t(w)
@@ -134,12 +136,7 @@ def conv2d_cnhw(x, w, b=None, stride=1, padding=0):
     if x.shape[-4] != in_c:
         raise ValueError(f"conv2d: input has {x.shape[-4]} channels but the weight expects "
                          f"{in_c} (shape {w.shape})")
-    lead, n = x.shape[:-4], x.shape[-3]
-    cols = ops.unfold(x, kh=kh, kw=kw, stride=stride, padding=padding, at=-3)  # (..., C, kh, kw, N, OH, OW)
-    oh, ow = cols.shape[-2:]
-    cols = cols.reshape(lead + (in_c * kh * kw, n * oh * ow))
-    wmat = w.reshape(w.shape[:-3] + (in_c * kh * kw,))                       # (..., O, C*kh*kw)
-    y = (wmat @ cols).reshape(lead + (out_c, n, oh, ow))
+    y = ops.conv(x, w, stride=stride, padding=padding)                  # (..., O, N, OH, OW)
     if b is not None:
         b = _t(b)
         y = y + b.reshape(b.shape + (1, 1, 1))

@@ -566,3 +566,82 @@ def pool_pick(gx, x, out, k):
 @pool_pick.vjp
 def _pool_pick_vjp(g, out, gx, x, pooled, k):
     return (pool_route(g, x, pooled, k=k), None, None)
+
+
+# -- convolution as three bilinear primitives, layout (..., C, N, H, W) ---------------
+# With U(x) the im2col matrix (C*kh*kw, N*OH*OW) of x (see unfold, at=-3):
+#     conv:              y     = W U(x)           (..., O, N, OH, OW)
+#     conv_transpose:    x_bar = U^T(W^T y_bar)   the adjoint of conv in x
+#     conv_weight_grad:  W_bar = y_bar U(x)^T     the adjoint of conv in W
+# Each one's VJPs are the other two, so every order of derivative stays within
+# the three, and no node keeps a U(x) alive between the forward and backward passes.
+def _im2col(x, kh, kw, stride, padding):
+    cols = unfold.forward(x, kh, kw, stride, padding, at=-3)       # (..., C, kh, kw, N, OH, OW)
+    n, oh, ow = cols.shape[-3:]
+    return cols.reshape(cols.shape[:-6] + (cols.shape[-6] * kh * kw, n * oh * ow)), (n, oh, ow)
+
+
+def _flat(y):
+    """(..., O, N, OH, OW) -> (..., O, N*OH*OW)."""
+    return y.reshape(y.shape[:-3] + (y.shape[-3] * y.shape[-2] * y.shape[-1],))
+
+
+@primitive
+def conv(x, w, stride=1, padding=0):
+    out_c, in_c, kh, kw = w.shape[-4:]
+    cols, (n, oh, ow) = _im2col(x, kh, kw, stride, padding)
+    y = w.reshape(w.shape[:-3] + (in_c * kh * kw,)) @ cols            # one product per task
+    return y.reshape(y.shape[:-1] + (n, oh, ow))
+
+
+@conv.vjp
+def _conv_vjp(g, out, x, w, stride=1, padding=0):
+    gx = gw = None
+    if x.requires_grad:
+        gx = unbroadcast(conv_transpose(g, w, size=x.shape[-2:], stride=stride, padding=padding),
+                         x.shape)
+    if w.requires_grad:
+        gw = unbroadcast(conv_weight_grad(x, g, kernel=w.shape[-2:], stride=stride,
+                                          padding=padding), w.shape)
+    return gx, gw
+
+
+@primitive
+def conv_transpose(g, w, size, stride=1, padding=0):
+    out_c, in_c, kh, kw = w.shape[-4:]
+    n, oh, ow = g.shape[-3:]
+    cols = xp.swapaxes(w.reshape(w.shape[:-3] + (in_c * kh * kw,)), -1, -2) @ _flat(g)
+    cols = cols.reshape(cols.shape[:-2] + (in_c, kh, kw, n, oh, ow))
+    return fold.forward(cols, size, stride, padding, at=-3)
+
+
+@conv_transpose.vjp
+def _conv_transpose_vjp(a, out, g, w, size, stride=1, padding=0):
+    # <a, U^T(W^T g)> = <W U(a), g>:  d/dg = conv(a, W),  d/dW = g U(a)^T
+    gg = gw = None
+    if g.requires_grad:
+        gg = unbroadcast(conv(a, w, stride=stride, padding=padding), g.shape)
+    if w.requires_grad:
+        gw = unbroadcast(conv_weight_grad(a, g, kernel=w.shape[-2:], stride=stride,
+                                          padding=padding), w.shape)
+    return gg, gw
+
+
+@primitive
+def conv_weight_grad(x, g, kernel, stride=1, padding=0):
+    kh, kw = kernel
+    cols, _ = _im2col(x, kh, kw, stride, padding)                      # (..., C*kh*kw, N*OH*OW)
+    wb = _flat(g) @ xp.swapaxes(cols, -1, -2)                          # (..., O, C*kh*kw)
+    return wb.reshape(wb.shape[:-1] + (x.shape[-4], kh, kw))
+
+
+@conv_weight_grad.vjp
+def _conv_weight_grad_vjp(b, out, x, g, kernel, stride=1, padding=0):
+    # <B, g U(x)^T> = <B U(x), g>:  d/dx = U^T(B^T g),  d/dg = conv(x, B)
+    gx = gg = None
+    if x.requires_grad:
+        gx = unbroadcast(conv_transpose(g, b, size=x.shape[-2:], stride=stride, padding=padding),
+                         x.shape)
+    if g.requires_grad:
+        gg = unbroadcast(conv(x, b, stride=stride, padding=padding), g.shape)
+    return gx, gg
