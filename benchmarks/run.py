@@ -60,6 +60,9 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=None,
                    help="timed calls per implementation (default: per workload, see workloads.py)")
     p.add_argument("--warmup", type=int, default=1, help="untimed calls first (default 1)")
+    p.add_argument("--no-reuse-memory", action="store_true",
+                   help="leave glibc's malloc as it is (by default freed memory is kept for "
+                        "reuse, as the scratchmeta command does: see docs/performance.md)")
     p.add_argument("--quick", action="store_true",
                    help="a short run for a GPU check: MAML sinusoid, Conv4 MAML and ProtoNet, "
                         "scratchmeta against the PyTorch loop, 3 repeats")
@@ -118,6 +121,10 @@ def main(argv=None):
     args = parse_args(argv)
     single_thread()
     select_backend(args.backend)
+    if not args.no_reuse_memory:
+        # as the `scratchmeta` command does; it applies to every library in this process
+        from scratchmeta import backend
+        backend.reuse_host_memory()
     dtype = np.float32 if args.float32 else np.float64
 
     if args.memory_child:

@@ -124,6 +124,30 @@ def to_numpy(array):
     return host.asarray(array)
 
 
+def reuse_host_memory():
+    """Ask glibc to keep freed host memory for reuse instead of returning it to the OS.
+
+    NumPy allocates every large temporary afresh; glibc serves allocations above
+    a threshold with mmap and unmaps them when freed, so the next one pays a page
+    fault per 4 KiB page again. On the virtual machines measured here that cost
+    more than writing the array (docs/performance.md). With mmap off and
+    trimming deferred, freed blocks stay in the heap and are reused. The price:
+    the process keeps its peak memory until it exits. Used by the `scratchmeta`
+    command and the benchmarks; a no-op (returning False) off glibc.
+    """
+    import ctypes
+    import sys
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+
+
 def synchronize():
     """Wait for queued device work (a no-op on NumPy); for honest timings."""
     if _state["name"] == "cupy":

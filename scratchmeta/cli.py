@@ -246,6 +246,8 @@ def cmd_plot(parser, args):
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
+    if argv is None and backend.get_backend() == "numpy":
+        backend.reuse_host_memory()        # large temporaries reuse memory (docs/performance.md)
     handler = {"train": cmd_train, "eval": cmd_eval, "bench": cmd_bench, "plot": cmd_plot}[args.command]
     try:
         return handler(parser, args)

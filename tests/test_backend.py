@@ -257,3 +257,20 @@ def test_environment_cupy_without_a_device_fails_clearly():
         assert out.returncode == 0 and out.stdout.split() == ["cupy"]
     else:
         assert out.returncode != 0 and "backend 'cupy'" in out.stderr
+
+
+def test_reuse_host_memory_serves_a_second_large_array_without_page_faults():
+    code = (
+        "import resource, numpy as np\n"
+        "from scratchmeta import backend\n"
+        "ok = backend.reuse_host_memory()\n"
+        "a = np.ones(8_000_000); del a\n"
+        "f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+        "b = np.ones(8_000_000)\n"
+        "print(ok, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)\n")
+    out = _run_python(code)
+    assert out.returncode == 0, out.stderr
+    ok, faults = out.stdout.split()
+    if ok != "True":
+        pytest.skip("not glibc: reuse_host_memory is a no-op here")
+    assert int(faults) < 100    # 64 MB fresh from the OS: hundreds to thousands of page faults
