@@ -127,10 +127,8 @@ def test_bad_batches_raise_clear_errors():
 
 
 def test_example_08_smoke():
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("ex08", "examples/08_cnp_sine.py")
-    ex = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ex)
+    from helpers import load_example
+    ex = load_example("08_cnp_sine.py")
     results = ex.main(steps=5, maml_steps=3, eval_tasks=20, progress=False)
     scores, seconds = results["cnp"]
     assert set(scores) == {5, 10} and scores[5]["mse"]["tasks"] == 20

@@ -4,7 +4,6 @@ The closed-form examples worked through in docs/engine.md are tested here
 with the same numbers: d2/dx2 tanh at x = 0.5, and the Hessian-vector
 product of f(x) = x0^2 x1 + x1^3 at x = (1, 2), v = (1, -1).
 """
-import importlib.util
 import math
 import pathlib
 import re
@@ -92,10 +91,8 @@ def test_docs_tanh_block_gives_the_numbers_in_its_comments():
 
 
 def test_example_01_double_backward_runs():
-    path = ROOT / "examples" / "01_double_backward.py"
-    spec = importlib.util.spec_from_file_location("example_01_double_backward", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    from helpers import load_example
+    module = load_example("01_double_backward.py")
     assert module.__doc__ and "Double backward" in module.__doc__
     out = module.main(verbose=False)
     assert out["d2_tanh"] == pytest.approx(-0.7268619813835873, rel=1e-14)

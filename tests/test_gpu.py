@@ -17,6 +17,7 @@ import pytest
 import scratchmeta as sm
 from scratchmeta import backend
 
+from helpers import assert_matches
 from test_backend import _derivatives, _maml_step
 from test_functional import FN_TABLE
 from test_ops import OP_TABLE, device
@@ -38,15 +39,7 @@ def cupy():
 
 
 def _assert_matches(expected, got, rtol=1e-10, atol=1e-12):
-    for e_part, g_part in zip(expected, got):
-        e_part = e_part if isinstance(e_part, list) else [e_part]
-        g_part = g_part if isinstance(g_part, list) else [g_part]
-        assert len(e_part) == len(g_part)
-        for e, g in zip(e_part, g_part):
-            assert (e is None) == (g is None)
-            if e is not None:
-                assert type(g) is np.ndarray and g.dtype == e.dtype
-                np.testing.assert_allclose(g, e, rtol=rtol, atol=atol)
+    assert_matches(expected, got, rtol=rtol, atol=atol, same_dtype=True)
 
 
 def test_environment_selects_cupy():

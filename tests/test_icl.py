@@ -244,10 +244,8 @@ def test_bad_prompts_raise_clear_errors():
 
 
 def test_example_07_smoke(tmp_path):
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("ex07", "examples/07_icl_linear_regression.py")
-    ex = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ex)
+    from helpers import load_example
+    ex = load_example("07_icl_linear_regression.py")
     figure = tmp_path / "icl.png"
     result, seconds = ex.main(steps=5, n_dims=2, n_points=5, width=8, depth=1, heads=2,
                               interval=2, eval_prompts=40, figure=str(figure), progress=False)

@@ -7,6 +7,8 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 
+from helpers import load_example
+
 import scratchmeta as sm
 from scratchmeta import backend, nn
 from scratchmeta import functional as F
@@ -386,14 +388,7 @@ def test_pretrained_baseline_learns_the_mean_function_and_finetunes():
 
 
 # -- examples, tiny settings -----------------------------------------------------------
-def _example(name):
-    import importlib.util
-    import os
-    path = os.path.join(os.path.dirname(__file__), "..", "examples", name)
-    spec = importlib.util.spec_from_file_location(name[:-3], path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+_example = load_example
 
 
 def test_example_02_maml_sine_smoke(tmp_path):

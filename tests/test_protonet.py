@@ -9,6 +9,8 @@ import math
 import numpy as np
 import pytest
 
+from helpers import load_example
+
 import scratchmeta as sm
 from scratchmeta import backend, nn
 from scratchmeta.algorithms import make_learner
@@ -343,14 +345,7 @@ def test_errors_name_what_is_wrong():
 
 
 # -- the examples, with tiny settings ---------------------------------------------------------------
-def _example(name):
-    import importlib.util
-    import os
-    path = os.path.join(os.path.dirname(__file__), "..", "examples", name)
-    spec = importlib.util.spec_from_file_location(name[:-3], path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+_example = load_example
 
 
 def test_example_03_smoke(capsys):

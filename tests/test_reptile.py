@@ -163,12 +163,8 @@ def test_reptile_bad_input():
 
 
 def test_example_04_reptile_vs_fomaml_smoke():
-    import importlib.util
-    import os
-    path = os.path.join(os.path.dirname(__file__), "..", "examples", "04_reptile_vs_fomaml.py")
-    spec = importlib.util.spec_from_file_location("example04", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    from helpers import load_example
+    module = load_example("04_reptile_vs_fomaml.py")
     out = module.main(steps=5, n_tasks=20)
     assert set(out) == {"MAML", "FOMAML", "Reptile"}
     assert all(r["mse_step10"]["tasks"] == 20 for r in out.values())

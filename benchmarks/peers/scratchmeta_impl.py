@@ -87,16 +87,20 @@ def _batch(d, labels=False):
             "support_y": conv(d["support_y"]), "query_y": conv(d["query_y"])}
 
 
+def _mlp(theta):
+    """The nn.MLP whose layer widths theta's weights have."""
+    from scratchmeta.nn import MLP
+    return MLP([theta["w0"].shape[1]] + [theta[f"w{i}"].shape[0] for i in range(len(theta) // 2)])
+
+
 # -------------------------------------------------------------- workloads
 
 def maml_sine(problem):
     """algorithms.maml.meta_gradient on an nn.MLP, 25 tasks batched."""
     from scratchmeta.algorithms import maml
-    from scratchmeta.nn import MLP
     h = problem.hyper
     theta = _theta(problem)
-    sizes = [theta["w0"].shape[1]] + [theta[f"w{i}"].shape[0] for i in range(len(theta) // 2)]
-    model, batch, out = MLP(sizes), _batch(problem.data), {}
+    model, batch, out = _mlp(theta), _batch(problem.data), {}
 
     def step():
         out["grads"] = maml.meta_gradient(model, theta, batch, h["alpha"], h["inner_steps"],
@@ -113,11 +117,9 @@ def reptile_sine(problem):
     descends; the benchmark compares mean_t(phi_t) - theta, its negative.
     """
     from scratchmeta.algorithms import reptile
-    from scratchmeta.nn import MLP
     h = problem.hyper
     theta = _theta(problem)
-    sizes = [theta["w0"].shape[1]] + [theta[f"w{i}"].shape[0] for i in range(len(theta) // 2)]
-    model, batch, out = MLP(sizes), _batch(problem.data), {}
+    model, batch, out = _mlp(theta), _batch(problem.data), {}
 
     def step():
         direction, _ = reptile.reptile_direction(model, theta, batch, h["alpha"], h["inner_steps"])
