@@ -48,9 +48,12 @@ def _positive_float(text):
 
 
 def _nonnegative_float(text):
-    value = float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {value}")
     return value
 
 
@@ -67,6 +70,8 @@ def _task_flags(p):
     p.add_argument("--queries", type=_int_at_least(1), help="query examples per task (per class)")
     p.add_argument("--data-root", help="dataset folder (Omniglot: holds images_background/ "
                                        "and images_evaluation/)")
+    p.add_argument("--noise-std", type=_nonnegative_float,
+                   help="label noise of linreg prompts: y = w.x + eps, eps ~ N(0, noise_std^2)")
 
 
 def build_parser():
@@ -175,14 +180,15 @@ def cmd_train(parser, args):
         algo["first_order"] = True
     if args.train_ways:
         algo["train_ways"] = args.train_ways
-    overrides = {"task": task_overrides(task, args.shots, args.ways, args.queries, args.data_root),
-                 "algo": algo, "model": {"init": args.init} if args.init else {},
-                 "optimizer": {"lr": args.lr} if args.lr else {},
-                 "steps": args.steps, "meta_batch": args.meta_batch, "seed": args.seed,
-                 "eval_every": args.eval_every, "eval_tasks": args.eval_tasks,
-                 "checkpoint_every": args.checkpoint_every,
-                 "dtype": args.dtype}
     try:
+        overrides = {"task": task_overrides(task, args.shots, args.ways, args.queries,
+                                            args.data_root, args.noise_std),
+                     "algo": algo, "model": {"init": args.init} if args.init else {},
+                     "optimizer": {"lr": args.lr} if args.lr else {},
+                     "steps": args.steps, "meta_batch": args.meta_batch, "seed": args.seed,
+                     "eval_every": args.eval_every, "eval_tasks": args.eval_tasks,
+                     "checkpoint_every": args.checkpoint_every,
+                     "dtype": args.dtype}
         config = train.build_config(args.algorithm, task, overrides)
         if args.init and config["model"].get("model") != "mlp":
             _fail(parser, "--init applies to MLP models (the sinusoid task)")
@@ -209,7 +215,7 @@ def cmd_eval(parser, args):
                                          queries=args.queries, inner_steps=args.inner_steps,
                                          n_tasks=args.tasks, batch_size=args.batch_size,
                                          seed=args.seed, baselines=not args.no_baselines,
-                                         data_root=args.data_root)
+                                         data_root=args.data_root, noise_std=args.noise_std)
     except (ValueError, FileNotFoundError) as e:
         _fail(parser, str(e))
     if args.json:

@@ -10,11 +10,14 @@ from . import train
 
 BASELINE = "baseline/"
 BY_K = "by_k/"
+CLEAN_BY_K = "clean_by_k/"      # noisy prompts: errors against the clean target (excess risk)
 
 
-def task_overrides(task, shots=None, ways=None, queries=None, data_root=None):
+def task_overrides(task, shots=None, ways=None, queries=None, data_root=None, noise_std=None):
     """Evaluation flags as changes to config["task"]."""
-    over = {}
+    if noise_std is not None and task != "linreg":
+        raise ValueError(f"--noise-std applies to the linreg task (label noise), not {task!r}")
+    over = {"noise_std": noise_std}
     if task == "sinusoid":
         over.update({"k_support": shots, "k_query": queries})
     elif task in ("glyphs", "omniglot", "digits"):
@@ -25,11 +28,14 @@ def task_overrides(task, shots=None, ways=None, queries=None, data_root=None):
 
 
 def evaluate_run(run_dir, shots=None, ways=None, queries=None, inner_steps=None, n_tasks=600,
-                 batch_size=100, seed=None, baselines=True, data_root=None):
+                 batch_size=100, seed=None, baselines=True, data_root=None, noise_std=None):
     """Score the last checkpoint of `run_dir` on `n_tasks` held-out tasks."""
     config, learner, theta, step = train.load_run(run_dir)
     eval_config = copy.deepcopy(config)
-    eval_config["task"].update(task_overrides(config["task"]["name"], shots, ways, queries, data_root))
+    eval_config["task"].update(task_overrides(config["task"]["name"], shots, ways, queries, data_root,
+                                              noise_std))
+    if noise_std is not None:              # ridge's lambda is tuned at the noise of the evaluation
+        learner = train.make_learner(eval_config)
     sampler = train.make_sampler(eval_config, "test", seed=seed)
     options = {} if inner_steps is None else {"inner_steps": inner_steps}
     if not baselines:
@@ -43,19 +49,21 @@ def evaluate_run(run_dir, shots=None, ways=None, queries=None, inner_steps=None,
     report = {"algorithm": config["algorithm"], "task": eval_config["task"], "step": step,
               "metric": learner.metric, "mean": head["mean"], "ci95": head["ci95"],
               "tasks": head["tasks"], "options": options, "baselines": {}, "metrics": {}}
-    by_k = {}
+    curves = {BY_K: {}, CLEAN_BY_K: {}}            # prefix -> k -> method -> mean
     for name, value in result.items():
         if name == learner.metric:
             continue
+        prefix = next((p for p in curves if name.startswith(p)), None)
         if name.startswith(BASELINE):
             report["baselines"][name[len(BASELINE):]] = value
-        elif name.startswith(BY_K):
-            k, method = name[len(BY_K):].split("/", 1)
-            by_k.setdefault(k, {})[method] = value["mean"]
+        elif prefix:
+            k, method = name[len(prefix):].split("/", 1)
+            curves[prefix].setdefault(k, {})[method] = value["mean"]
         else:
             report["metrics"][name] = value
-    if by_k:
-        report["by_k"] = {k: by_k[k] for k in sorted(by_k, key=int)}
+    for prefix, by_k in curves.items():
+        if by_k:
+            report[prefix.rstrip("/")] = {k: by_k[k] for k in sorted(by_k, key=int)}
     return report
 
 
@@ -78,6 +86,7 @@ def format_report(report):
         lines.append(f"  baseline {name:<14} {value['mean']:.4g} +- {value['ci95']:.2g}")
     for name, value in sorted(report["metrics"].items()):
         lines.append(f"  {name:<23} {value['mean']:.4g} +- {value['ci95']:.2g}")
-    for k, methods in report.get("by_k", {}).items():
-        lines.append(f"  k={k:<4} " + "  ".join(f"{m} {v:.3g}" for m, v in sorted(methods.items())))
+    for key, label in (("by_k", ""), ("clean_by_k", "clean ")):
+        for k, methods in report.get(key, {}).items():
+            lines.append(f"  {label}k={k:<4} " + "  ".join(f"{m} {v:.3g}" for m, v in sorted(methods.items())))
     return "\n".join(lines)

@@ -136,11 +136,10 @@ def conv2d_cnhw(x, w, b=None, stride=1, padding=0):
     if x.shape[-4] != in_c:
         raise ValueError(f"conv2d: input has {x.shape[-4]} channels but the weight expects "
                          f"{in_c} (shape {w.shape})")
-    y = ops.conv(x, w, stride=stride, padding=padding)                  # (..., O, N, OH, OW)
-    if b is not None:
-        b = _t(b)
-        y = y + b.reshape(b.shape + (1, 1, 1))
-    return y
+    if b is None:
+        return ops.conv(x, w, stride=stride, padding=padding)             # (..., O, N, OH, OW)
+    b = _t(b)
+    return ops.conv_bias(x, w, b.reshape(b.shape + (1, 1, 1)), stride=stride, padding=padding)
 
 
 def max_pool2d(x, kernel_size, stride=None):
@@ -180,26 +179,22 @@ def batch_norm(x, weight=None, bias=None, eps=1e-5, channel_axis=1, batch_axis=N
         raise ValueError(f"batch_norm: channel_axis {channel_axis} leaves no batch axis in shape {x.shape}")
     axes = tuple(sorted({b} | set(range(c + 1, x.ndim))))
     groups = [i for i in range(c) if i != b]
-    mean = x.mean(axis=axes, keepdims=True)
-    centred = x - mean
-    var = (centred * centred).mean(axis=axes, keepdims=True)
-    scale = (var + eps).sqrt() ** -1                       # 1/sigma, one per channel
     shape = tuple(x.shape[c] if i == c else (x.shape[i] if i in groups else 1)
                   for i in range(x.ndim))
     params = []
-    for p in (weight, bias):
-        if p is not None:
+    for p, fill in ((weight, 1.0), (bias, 0.0)):
+        if p is None:
+            p = Tensor(xp.full(tuple(n if i == c else 1 for i, n in enumerate(shape)), fill,
+                               dtype=x.dtype))
+        else:
             p = _t(p)
             if p.shape[-1] != x.shape[c] or p.ndim not in (1, len(groups) + 1):
                 raise ValueError(f"batch_norm: {x.shape[c]} channels (input {x.shape}) but a "
                                  f"parameter of shape {p.shape}")
             p = p.reshape(tuple(1 if p.ndim == 1 and i in groups else n for i, n in enumerate(shape)))
         params.append(p)
-    weight, bias = params
-    if weight is not None:
-        scale = scale * weight                             # fold gamma into 1/sigma: one full-size product
-    y = centred * scale
-    return y if bias is None else y + bias
+    # one primitive (normalization.py): the formula above, fused, with a fused VJP
+    return ops.batch_norm(x, *params, axes=axes, eps=eps)
 
 
 def layer_norm(x, weight=None, bias=None, eps=1e-5):

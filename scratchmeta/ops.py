@@ -423,5 +423,7 @@ def _where_vjp(g, out, cond, x, y):
 
 # Sliding windows (unfold/fold, max pooling, convolution) live in windows.py;
 # they are primitives like the ones above, re-exported here.
-from .windows import (conv, conv_transpose, conv_weight_grad, fold, pool_max,  # noqa: E402,F401
-                      pool_pick, pool_route, unfold)
+from .windows import (conv, conv_bias, conv_transpose, conv_weight_grad, fold,  # noqa: E402,F401
+                      pool_max, pool_pick, pool_route, unfold)
+# Batch normalisation, one primitive with a hand-fused VJP, lives in normalization.py.
+from .normalization import batch_norm  # noqa: E402,F401

@@ -15,6 +15,13 @@ def _out_size(n, k, stride):
     return (n - k) // stride + 1
 
 
+def _pad(x, p):
+    """x with p zeros around its last two axes."""
+    padded = xp.zeros(x.shape[:-2] + (x.shape[-2] + 2 * p, x.shape[-1] + 2 * p), dtype=x.dtype)
+    padded[..., p:-p, p:-p] = x
+    return padded
+
+
 def _window_lead(ndim, at):
     """How many axes come before the window axes that unfold inserts."""
     at = at % ndim
@@ -35,7 +42,7 @@ def unfold(x, kh, kw, stride=1, padding=0, at=-2):
     """
     lead = _window_lead(x.ndim, at)
     if padding:
-        x = xp.pad(x, [(0, 0)] * (x.ndim - 2) + [(padding, padding)] * 2)
+        x = _pad(x, padding)
     H, W = x.shape[-2:]
     oh, ow = _out_size(H, kh, stride), _out_size(W, kw, stride)
     if oh < 1 or ow < 1:
@@ -85,22 +92,34 @@ def _fold_vjp(g, out, cols, size, stride=1, padding=0, at=-2):
 # (split evenly between ties, as for max); the adjoint of routing is picking.
 # Both are linear in g, with a selection that is locally constant in x, so
 # their derivatives in x and out are zero (None).
-def _crop(x, k):
-    """x cropped to whole windows (floor mode), viewed as (..., OH, k, OW, k)."""
-    oh, ow = x.shape[-2] // k, x.shape[-1] // k
-    x = x[..., :oh * k, :ow * k]
-    return x.reshape(x.shape[:-2] + (oh, k, ow, k))
+#
+# Each works on x viewed as (..., OH, k, OW*k): the k rows of a window are an
+# axis of their own and each row stays contiguous, so every NumPy loop runs
+# along a whole image row (a loop over an axis of length k would be many
+# times slower); the k columns of a window are then strided views [..., j::k].
+def _rows(x, k, oh, ow):
+    """x cropped to whole windows (floor mode), viewed as (..., OH, k, OW*k)."""
+    return x[..., :oh * k, :ow * k].reshape(x.shape[:-2] + (oh, k, ow * k))
+
+
+def _window_cols(a, k):
+    """Sum over the last axis's k-long windows: (..., OW*k) -> (..., OW)."""
+    total = a[..., 0::k].copy()
+    for j in range(1, k):
+        total += a[..., j::k]
+    return total
 
 
 @primitive
 def pool_max(x, k):
-    # the max of the k*k strided views x[..., i::k, j::k]: elementwise, no reduction
     oh, ow = x.shape[-2] // k, x.shape[-1] // k
-    out = None
-    for i in range(k):
-        for j in range(k):
-            view = x[..., i:i + k * oh:k, j:j + k * ow:k]
-            out = view.copy() if out is None else xp.maximum(out, view, out=out)
+    rows = _rows(x, k, oh, ow)
+    m = rows[..., 0, :]
+    for i in range(1, k):
+        m = xp.maximum(m, rows[..., i, :])                           # max over a window's rows
+    out = m[..., 0::k].copy()
+    for j in range(1, k):
+        xp.maximum(out, m[..., j::k], out=out)                        # then over its columns
     return out
 
 
@@ -109,35 +128,26 @@ def _pool_max_vjp(g, out, x, k):
     return (pool_route(g, x, out, k=k),)
 
 
-def _share(x, out, k):
-    """(..., OH, k, OW, k): 1 at each window's maximum, 1/m for an m-way tie, else 0."""
-    mask = _crop(x, k) == out[..., :, None, :, None]
-    count = _window_sum(mask, k, dtype=xp.int8)[..., :, None, :, None]
+def _shares(x, out, k):
+    """(..., OH, k, OW*k): 1 at each window's maximum, 1/m for an m-way tie, else 0."""
+    oh, ow = out.shape[-2:]
+    hits = _rows(x, k, oh, ow) == xp.repeat(out, k, axis=-1)[..., :, None, :]
+    count = _window_cols(hits.sum(axis=-2, dtype=xp.int8), k)          # maxima per window
     if bool((count > 1).any()):
-        return mask / count
-    return mask
-
-
-def _window_sum(a, k, dtype=None):
-    """Sum over the window axes of (..., OH, k, OW, k) as k*k elementwise adds
-    (a reduction over two strided axes is many times slower in NumPy)."""
-    total = a[..., :, 0, :, 0].astype(dtype or a.dtype)
-    for i in range(k):
-        for j in range(k):
-            if i or j:
-                total += a[..., :, i, :, j]
-    return total
+        return hits / xp.repeat(count, k, axis=-1)[..., :, None, :]
+    return hits
 
 
 @primitive
 def pool_route(g, x, out, k):
     """g (..., OH, OW) placed at each window's maximum of x; zeros elsewhere."""
-    routed = (g[..., :, None, :, None] * _share(x, out, k)).reshape(
-        x.shape[:-2] + (out.shape[-2] * k, out.shape[-1] * k))
-    if routed.shape != x.shape:                     # windows cropped off the edge get nothing
-        pad = [(0, 0)] * (x.ndim - 2) + [(0, x.shape[-2] - routed.shape[-2]),
-                                         (0, x.shape[-1] - routed.shape[-1])]
-        routed = xp.pad(routed, pad)
+    oh, ow = out.shape[-2:]
+    routed = _shares(x, out, k) * xp.repeat(g, k, axis=-1)[..., :, None, :]
+    routed = routed.reshape(routed.shape[:-3] + (oh * k, ow * k))
+    if routed.shape != x.shape:                     # rows and columns cropped off the edge
+        full = xp.zeros(routed.shape[:-2] + x.shape[-2:], dtype=routed.dtype)
+        full[..., :oh * k, :ow * k] = routed
+        routed = full
     return routed
 
 
@@ -149,7 +159,9 @@ def _pool_route_vjp(g, out, g_in, x, pooled, k):
 @primitive
 def pool_pick(gx, x, out, k):
     """The adjoint of pool_route: each window's (tie-shared) value at its maximum."""
-    return _window_sum(_crop(gx, k) * _share(x, out, k), k)
+    oh, ow = out.shape[-2:]
+    picked = (_rows(gx, k, oh, ow) * _shares(x, out, k)).sum(axis=-2)   # (..., OH, OW*k)
+    return _window_cols(picked, k)
 
 
 @pool_pick.vjp
@@ -171,16 +183,55 @@ def _im2col(x, kh, kw, stride, padding):
 
 
 def _flat(y):
-    """(..., O, N, OH, OW) -> (..., O, N*OH*OW)."""
+    """(..., O, N, OH, OW) -> (..., O, N*OH*OW), a view (also of a slice along N)."""
     return y.reshape(y.shape[:-3] + (y.shape[-3] * y.shape[-2] * y.shape[-1],))
+
+
+# An im2col matrix is kh*kw times the size of its input: for a large batch the
+# three primitives below build it a slice of the batch axis N at a time, each
+# slice at most this many values (32 MiB in float64), so that the peak memory
+# stays near that of the activations themselves.
+COLS_BUDGET = 1 << 22
+
+
+def _batch_slices(lead_shape, rows, n, cols_per_item):
+    """Slices of the batch axis (length n) whose im2col block fits COLS_BUDGET."""
+    per_item = max(1, rows * cols_per_item * _prod(lead_shape))
+    step = max(1, COLS_BUDGET // per_item)
+    return [slice(i, min(i + step, n)) for i in range(0, n, step)]
+
+
+def _prod(shape):
+    p = 1
+    for s in shape:
+        p *= s
+    return p
+
+
+def _lead(a, b):
+    """The broadcast of two arrays' leading (task) axes: all but their last two."""
+    a, b = a[:-2], b[:-2]
+    n = max(len(a), len(b))
+    a, b = (1,) * (n - len(a)) + a, (1,) * (n - len(b)) + b
+    return tuple(max(i, j) for i, j in zip(a, b))
 
 
 @primitive
 def conv(x, w, stride=1, padding=0):
     out_c, in_c, kh, kw = w.shape[-4:]
-    cols, (n, oh, ow) = _im2col(x, kh, kw, stride, padding)
-    y = w.reshape(w.shape[:-3] + (in_c * kh * kw,)) @ cols            # one product per task
-    return y.reshape(y.shape[:-1] + (n, oh, ow))
+    wm = w.reshape(w.shape[:-3] + (in_c * kh * kw,))                   # (..., O, C*kh*kw)
+    n, (h, wd) = x.shape[-3], x.shape[-2:]
+    oh, ow = _out_size(h + 2 * padding, kh, stride), _out_size(wd + 2 * padding, kw, stride)
+    lead = _lead(wm.shape, x.shape[:-4] + (1, 1))
+    slices = _batch_slices(x.shape[:-4], in_c * kh * kw, n, oh * ow)
+    if len(slices) == 1:
+        cols, _ = _im2col(x, kh, kw, stride, padding)
+        return (wm @ cols).reshape(lead + (out_c, n, oh, ow))         # one product per task
+    y = xp.empty(lead + (out_c, n, oh, ow), dtype=xp.result_type(w.dtype, x.dtype))
+    for part in slices:
+        cols, _ = _im2col(x[..., part, :, :], kh, kw, stride, padding)
+        xp.matmul(wm, cols, out=_flat(y[..., part, :, :]))
+    return y
 
 
 @conv.vjp
@@ -199,9 +250,20 @@ def _conv_vjp(g, out, x, w, stride=1, padding=0):
 def conv_transpose(g, w, size, stride=1, padding=0):
     out_c, in_c, kh, kw = w.shape[-4:]
     n, oh, ow = g.shape[-3:]
-    cols = xp.swapaxes(w.reshape(w.shape[:-3] + (in_c * kh * kw,)), -1, -2) @ _flat(g)
-    cols = cols.reshape(cols.shape[:-2] + (in_c, kh, kw, n, oh, ow))
-    return fold.forward(cols, size, stride, padding, at=-3)
+    wt = xp.swapaxes(w.reshape(w.shape[:-3] + (in_c * kh * kw,)), -1, -2)   # (..., C*kh*kw, O)
+    slices = _batch_slices(_lead(wt.shape, g.shape[:-3] + (1, 1)), in_c * kh * kw, n, oh * ow)
+    x = None
+    for part in slices:
+        gp = g[..., part, :, :]
+        cols = wt @ _flat(gp)
+        cols = cols.reshape(cols.shape[:-2] + (in_c, kh, kw) + gp.shape[-3:])
+        xs = fold.forward(cols, size, stride, padding, at=-3)
+        if len(slices) == 1:
+            return xs
+        if x is None:
+            x = xp.empty(xs.shape[:-3] + (n,) + xs.shape[-2:], dtype=xs.dtype)
+        x[..., part, :, :] = xs
+    return x
 
 
 @conv_transpose.vjp
@@ -219,9 +281,14 @@ def _conv_transpose_vjp(a, out, g, w, size, stride=1, padding=0):
 @primitive
 def conv_weight_grad(x, g, kernel, stride=1, padding=0):
     kh, kw = kernel
-    cols, _ = _im2col(x, kh, kw, stride, padding)                      # (..., C*kh*kw, N*OH*OW)
-    wb = _flat(g) @ xp.swapaxes(cols, -1, -2)                          # (..., O, C*kh*kw)
-    return wb.reshape(wb.shape[:-1] + (x.shape[-4], kh, kw))
+    n, oh, ow = g.shape[-3:]
+    in_c = x.shape[-4]
+    wb = None
+    for part in _batch_slices(x.shape[:-4], in_c * kh * kw, n, oh * ow):
+        cols, _ = _im2col(x[..., part, :, :], kh, kw, stride, padding)      # (..., C*kh*kw, n*OH*OW)
+        term = _flat(g[..., part, :, :]) @ xp.swapaxes(cols, -1, -2)        # (..., O, C*kh*kw)
+        wb = term if wb is None else xp.add(wb, term, out=wb)
+    return wb.reshape(wb.shape[:-1] + (in_c, kh, kw))
 
 
 @conv_weight_grad.vjp
@@ -234,3 +301,19 @@ def _conv_weight_grad_vjp(b, out, x, g, kernel, stride=1, padding=0):
     if g.requires_grad:
         gg = unbroadcast(conv(x, b, stride=stride, padding=padding), g.shape)
     return gx, gg
+
+
+@primitive
+def conv_bias(x, w, b, stride=1, padding=0):
+    """conv(x, w) + b, with b of shape (..., O, 1, 1, 1): one output array, not two."""
+    y = conv.forward(x, w, stride, padding)
+    if b.ndim > y.ndim or any(s not in (1, d) for s, d in zip(b.shape[::-1], y.shape[::-1])):
+        return y + b                               # b carries axes y lacks
+    y += b
+    return y
+
+
+@conv_bias.vjp
+def _conv_bias_vjp(g, out, x, w, b, stride=1, padding=0):
+    gx, gw = _conv_vjp(g, out, x, w, stride=stride, padding=padding)
+    return gx, gw, (unbroadcast(g, b.shape) if b.requires_grad else None)

@@ -139,6 +139,13 @@ class InContextLearner(MetaLearner):
         Keys: "by_k/<k>/<method>" (T,) for k = 0..n-1 and method in
         transformer + baselines; "error" and "baseline/<name>", the mean
         over k (the training objective / d). baselines=False skips them.
+        All of these score against the labels y, noisy or not.
+
+        Noisy prompts (the batch carries f = w.x) add the same errors against
+        the clean target f: "clean_by_k/<k>/<method>" and "clean_error". As
+        the query's noise eps is independent of the prediction p,
+        E (p - y)^2 = E (p - f)^2 + noise_std^2: the clean error is the
+        excess risk, the noisy one adds the floor noise_std^2 / d.
         """
         if options:
             raise ValueError(f"icl.evaluate: unsupported options {sorted(options)} (only baselines)")
@@ -146,13 +153,20 @@ class InContextLearner(MetaLearner):
         preds = {"transformer": self.predict(theta, x, y).data}
         if baselines:
             preds.update(self.baseline_predictions(x, y))
-        y64 = xp.asarray(y, dtype=xp.float64)
+        targets = {"": y}
+        if "f" in batch:
+            targets["clean_"] = batch["f"]
         out = {}
-        for method, p in preds.items():
-            err = (xp.asarray(p, dtype=xp.float64) - y64) ** 2 / self.n_dims     # (T, n)
-            for k in range(err.shape[1]):
-                out[f"by_k/{k}/{method}"] = err[:, k]
-            out["error" if method == "transformer" else f"baseline/{method}"] = err.mean(axis=1)
+        for prefix, target in targets.items():
+            t64 = xp.asarray(target, dtype=xp.float64)
+            for method, p in preds.items():
+                err = (xp.asarray(p, dtype=xp.float64) - t64) ** 2 / self.n_dims  # (T, n)
+                for k in range(err.shape[1]):
+                    out[f"{prefix}by_k/{k}/{method}"] = err[:, k]
+                if method == "transformer":
+                    out[f"{prefix}error"] = err.mean(axis=1)
+                elif not prefix:
+                    out[f"baseline/{method}"] = err.mean(axis=1)
         return out
 
 

@@ -27,6 +27,8 @@ sample(T) returns backend arrays
     x (T, n, d)   y (T, n)   w (T, d)
 
 where n is the current number of points (n_points without a curriculum).
+Noisy prompts also carry f (T, n) = w.x, the labels before the noise: the
+target against which an estimator's excess risk is measured.
 """
 import numbers
 
@@ -117,7 +119,7 @@ class LinearRegressionPrompts(SeededSampler):
         return float(self.n_dims)
 
     def sample(self, n_tasks):
-        """T prompts: x (T, n, d), y (T, n), w (T, d) as backend arrays."""
+        """T prompts: x (T, n, d), y (T, n), w (T, d) as backend arrays; f (T, n) if noisy."""
         n_tasks = check_count("n_tasks", n_tasks)
         d_cur, n = self.current()
         self.t += 1
@@ -131,9 +133,11 @@ class LinearRegressionPrompts(SeededSampler):
             w = w * mask
         x = rng.standard_normal((n_tasks, n, d))                    # x ~ N(0, I_d)
         x[:, :, d_cur:] = 0.0                                       # curriculum: d_cur live coordinates
-        y = host.einsum("tnd,td->tn", x, w)                         # y_i = w.x_i
-        if self.noise_std:
-            y = y + self.noise_std * rng.standard_normal(y.shape)
+        f = host.einsum("tnd,td->tn", x, w)                         # f(x_i) = w.x_i
+        y = f + self.noise_std * rng.standard_normal(f.shape) if self.noise_std else f
         dtype = backend.resolve_dtype(self.dtype)
-        return {"x": backend.asarray(x, dtype=dtype), "y": backend.asarray(y, dtype=dtype),
-                "w": backend.asarray(w, dtype=dtype)}
+        batch = {"x": backend.asarray(x, dtype=dtype), "y": backend.asarray(y, dtype=dtype),
+                 "w": backend.asarray(w, dtype=dtype)}
+        if self.noise_std:
+            batch["f"] = backend.asarray(f, dtype=dtype)            # clean targets
+        return batch

@@ -1,0 +1,116 @@
+"""Batch normalisation as one primitive.
+
+The forward is the textbook formula (Ioffe & Szegedy 2015, Algorithm 1) on raw
+arrays, computed in place:
+
+    mu = mean(x),  var = mean((x - mu)^2),  xhat = (x - mu) / sqrt(var + eps)
+    y  = w * xhat + b
+
+with the means taken over `axes` (the batch axis and the spatial axes).
+Composed of elementwise primitives, the same formula records six full-size
+intermediates in the graph and makes about twice as many passes over memory;
+as one primitive it keeps only its input x.
+
+The VJP, with n the number of values each mean is taken over and g = dL/dy:
+
+    dL/db = sum(g),   dL/dw = sum(g * xhat)
+    dL/dx = w / sqrt(var + eps) * (g - sum(g) / n - xhat * sum(g * xhat) / n)
+
+It is written twice. In Tensor operations (`_vjp_differentiable`), which is
+what a recorded backward pass (create_graph=True: MAML's inner step) uses, so
+that it can be differentiated again. And on raw arrays (`_vjp_arrays`), which a
+plain backward pass uses, since nothing will differentiate it: the same
+formula, fewer passes over memory. tests/test_functional.py checks both, the
+first to third order.
+"""
+import math
+
+from .backend import xp
+from .ops import unbroadcast
+from .tensor import Tensor, is_grad_enabled, primitive
+
+
+def _count(shape, axes):
+    """How many values each mean is taken over."""
+    return math.prod(shape[a] for a in axes)
+
+
+def _fits(shape, into):
+    """Whether an array of `shape` broadcasts into `into` without enlarging it."""
+    return len(shape) <= len(into) and all(s in (1, d) for s, d in zip(shape[::-1], into[::-1]))
+
+
+def _sum_product(a, b, axes):
+    """sum(a * b) over `axes` (kept as size 1), without a full-size temporary when
+    `axes` are the trailing ones: then it is one batch of dot products."""
+    n = len(axes)
+    if axes == tuple(range(a.ndim - n, a.ndim)) and a.flags.c_contiguous and b.flags.c_contiguous:
+        lead, size = a.shape[:a.ndim - n], _count(a.shape, axes)
+        dots = a.reshape(lead + (1, size)) @ b.reshape(lead + (size, 1))
+        return dots.reshape(lead + (1,) * n)
+    return (a * b).sum(axis=axes, keepdims=True)
+
+
+@primitive
+def batch_norm(x, w, b, axes, eps=1e-5):
+    """y = w * (x - mean) / sqrt(var + eps) + b, statistics over `axes` (kept as size 1).
+
+    w and b already have the statistics' shape (or broadcast to it).
+    """
+    n = _count(x.shape, axes)
+    y = x - x.mean(axis=axes, keepdims=True)
+    scale = w / xp.sqrt(_sum_product(y, y, axes) / n + eps)
+    if not (_fits(scale.shape, y.shape) and _fits(b.shape, y.shape)):
+        return y * scale + b                     # parameters carry axes x lacks
+    y *= scale
+    y += b
+    return y
+
+
+@batch_norm.vjp
+def _batch_norm_vjp(g, out, x, w, b, axes, eps=1e-5):
+    if is_grad_enabled() or out.shape != x.shape:
+        return _vjp_differentiable(g, x, w, b, axes, eps)
+    return _vjp_arrays(g, x, w, b, axes, eps)
+
+
+def _vjp_differentiable(g, x, w, b, axes, eps):
+    """The VJP in Tensor operations: differentiable to any order."""
+    centred = x - x.mean(axis=axes, keepdims=True)
+    inv_std = ((centred * centred).mean(axis=axes, keepdims=True) + eps).sqrt() ** -1
+    xhat = centred * inv_std
+    gx = gw = gb = None
+    if x.requires_grad:
+        gxhat = g * w
+        gx = unbroadcast(inv_std * (gxhat - gxhat.mean(axis=axes, keepdims=True)
+                                    - xhat * (gxhat * xhat).mean(axis=axes, keepdims=True)),
+                         x.shape)
+    if w.requires_grad:
+        gw = unbroadcast(g * xhat, w.shape)
+    if b.requires_grad:
+        gb = unbroadcast(g, b.shape)
+    return gx, gw, gb
+
+
+def _vjp_arrays(g, x, w, b, axes, eps):
+    """The same VJP on raw arrays, first-order backward only. With A = w / sigma,
+
+        dL/dx = A * g - A * sum(g) / n - (A / sigma) * (sum(g * xhat) / n) * (x - mu),
+
+    three per-channel coefficients times two full-size arrays."""
+    g, n = xp.ascontiguousarray(g.data), _count(x.shape, axes)
+    centred = x.data - x.data.mean(axis=axes, keepdims=True)
+    inv_std = 1 / xp.sqrt(_sum_product(centred, centred, axes) / n + eps)
+    sum_g = g.sum(axis=axes, keepdims=True)                            # dL/db before grouping
+    sum_g_xhat = _sum_product(g, centred, axes) * inv_std              # dL/dw before grouping
+    gx = None
+    if x.requires_grad:
+        a = w.data * inv_std
+        gx = g * a
+        centred *= -a * inv_std * sum_g_xhat / n
+        gx += centred
+        gx -= a * sum_g / n
+        gx = Tensor(gx)
+    gw = unbroadcast(Tensor(sum_g_xhat), w.shape) if w.requires_grad else None
+    gb = unbroadcast(Tensor(sum_g), b.shape) if b.requires_grad else None
+    return gx, gw, gb
