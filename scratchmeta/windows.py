@@ -132,10 +132,10 @@ def _shares(x, out, k):
     """(..., OH, k, OW*k): 1 at each window's maximum, 1/m for an m-way tie, else 0."""
     oh, ow = out.shape[-2:]
     hits = _rows(x, k, oh, ow) == xp.repeat(out, k, axis=-1)[..., :, None, :]
+    if int(xp.count_nonzero(hits)) == out.size:        # one maximum in every window: no ties
+        return hits
     count = _window_cols(hits.sum(axis=-2, dtype=xp.int8), k)          # maxima per window
-    if bool((count > 1).any()):
-        return hits / xp.repeat(count, k, axis=-1)[..., :, None, :]
-    return hits
+    return hits / xp.repeat(count, k, axis=-1)[..., :, None, :]
 
 
 @primitive
@@ -177,6 +177,7 @@ def _pool_pick_vjp(g, out, gx, x, pooled, k):
 # Each one's VJPs are the other two, so every order of derivative stays within
 # the three, and no node keeps a U(x) alive between the forward and backward passes.
 def _im2col(x, kh, kw, stride, padding):
+    """The im2col matrix (..., C*kh*kw, N*OH*OW) of x (..., C, N, H, W), and (N, OH, OW)."""
     cols = unfold.forward(x, kh, kw, stride, padding, at=-3)       # (..., C, kh, kw, N, OH, OW)
     n, oh, ow = cols.shape[-3:]
     return cols.reshape(cols.shape[:-6] + (cols.shape[-6] * kh * kw, n * oh * ow)), (n, oh, ow)
@@ -189,9 +190,9 @@ def _flat(y):
 
 # An im2col matrix is kh*kw times the size of its input: for a large batch the
 # three primitives below build it a slice of the batch axis N at a time, each
-# slice at most this many values (32 MiB in float64), so that the peak memory
+# slice at most this many values (8 MiB in float64), so that the peak memory
 # stays near that of the activations themselves.
-COLS_BUDGET = 1 << 22
+COLS_BUDGET = 1 << 20
 
 
 def _batch_slices(lead_shape, rows, n, cols_per_item):
@@ -250,6 +251,13 @@ def _conv_vjp(g, out, x, w, stride=1, padding=0):
 def conv_transpose(g, w, size, stride=1, padding=0):
     out_c, in_c, kh, kw = w.shape[-4:]
     n, oh, ow = g.shape[-3:]
+    if stride == 1 and kh == kw and padding <= kh - 1:
+        # the adjoint of a stride-1 correlation is the correlation with the kernel
+        # flipped in space and transposed in channels, padded by kh - 1 - padding:
+        # an im2col of g (reads every gradient kh*kw times) instead of a fold
+        # (which adds kh*kw partial images into x_bar)
+        flipped = xp.swapaxes(w, -4, -3)[..., ::-1, ::-1]
+        return conv.forward(g, flipped, 1, kh - 1 - padding)
     wt = xp.swapaxes(w.reshape(w.shape[:-3] + (in_c * kh * kw,)), -1, -2)   # (..., C*kh*kw, O)
     slices = _batch_slices(_lead(wt.shape, g.shape[:-3] + (1, 1)), in_c * kh * kw, n, oh * ow)
     x = None
