@@ -113,6 +113,14 @@ def task_norm_shapes(draw):
 
 
 @st.composite
+def cnhw_norm_shapes(draw):
+    """Conv4's layout: x (T, C, N[, H, W]), channel_axis=1, batch_axis=2, weight and bias (T, C)."""
+    T, C, N = draw(side(1, 2)), draw(side(1, 2)), draw(side(2, 3))
+    space = tuple(draw(st.lists(side(1, 2), min_size=0, max_size=2)))
+    return ((T, C, N) + space, (T, C), (T, C)), {"channel_axis": 1, "batch_axis": 2}
+
+
+@st.composite
 def sq_dist_shapes(draw):
     lead = draw(hnp.array_shapes(min_dims=0, max_dims=1, max_side=2))
     n, m, d = draw(side()), draw(side()), draw(side())
@@ -130,8 +138,8 @@ def _conv(x, w, b=None, stride=1, padding=0):
     return F.conv2d(x, w, b, stride=stride, padding=padding)
 
 
-def _batch_norm(x, weight=None, bias=None, channel_axis=1):
-    return F.batch_norm(x, weight, bias, channel_axis=channel_axis)
+def _batch_norm(x, weight=None, bias=None, channel_axis=1, batch_axis=None):
+    return F.batch_norm(x, weight, bias, channel_axis=channel_axis, batch_axis=batch_axis)
 
 
 def _layer_norm(x, weight=None, bias=None):
@@ -161,6 +169,8 @@ FN_TABLE = [
          example=([(4, 3, 2, 2), (3,), (3,)], {})),
     Spec("batch_norm_tasks", _batch_norm, task_norm_shapes(), domains=("distinct", "real", "real"),
          example=([(2, 3, 2, 2), (2, 2), (2, 2)], {"channel_axis": 2})),
+    Spec("batch_norm_cnhw", _batch_norm, cnhw_norm_shapes(), domains=("distinct", "real", "real"),
+         example=([(2, 2, 3, 2, 2), (2, 2), (2, 2)], {"channel_axis": 1, "batch_axis": 2})),
     Spec("layer_norm", _layer_norm, norm_shapes(batch=False),
          domains=("distinct", "real", "real"), example=([(4, 3), (3,), (3,)], {})),
     Spec("gelu", F.gelu, same_shapes(count=1), example=([(3, 2)], {})),
@@ -168,7 +178,8 @@ FN_TABLE = [
 ]
 
 _BY_NAME = {s.name: s for s in FN_TABLE}
-ORDER3 = ["linear", "log_softmax", "cross_entropy", "conv2d", "max_pool2d_k2", "gelu"]
+ORDER3 = ["linear", "log_softmax", "cross_entropy", "conv2d", "max_pool2d_k2", "gelu",
+          "batch_norm_cnhw"]
 
 
 @pytest.mark.parametrize("spec", FN_TABLE, ids=lambda s: s.name)

@@ -1,0 +1,112 @@
+"""The engine's fast paths agree with the plain formulas they stand for.
+
+Batch norm's VJP exists twice (Tensor ops for a recorded backward, raw arrays
+for a plain one); large convolutions build their im2col matrix a slice of the
+batch at a time; a stride-1 conv_transpose is a correlation with the flipped
+kernel; max pooling splits the gradient between tied maxima. The op tables
+(test_ops.py, test_functional.py) check each to second order against finite
+differences; these tests check that the two ways of computing agree exactly
+where they should, on inputs big enough to take the fast path.
+"""
+import numpy as np
+import pytest
+
+import scratchmeta as sm
+from scratchmeta import backend, windows
+
+from test_ops import device
+
+F = sm.functional
+
+
+def _tensors(rng, *shapes):
+    return [sm.tensor(a, requires_grad=True) for a in device([rng.standard_normal(s) for s in shapes])]
+
+
+def _grads(loss_fn, xs, create_graph):
+    return [g.numpy() for g in sm.grad(loss_fn(*xs), xs, create_graph=create_graph)]
+
+
+@pytest.mark.parametrize("layout", ["nchw", "tasks_cnhw", "shared_params", "no_affine"])
+def test_batch_norm_array_vjp_equals_the_differentiable_one(layout):
+    """create_graph=False runs the raw-array VJP, create_graph=True the Tensor-op
+    one (normalization.py); both must give the same gradients."""
+    rng = np.random.default_rng(0)
+    if layout == "nchw":
+        shapes, kw = [(6, 3, 4, 5), (3,), (3,)], {}
+    elif layout == "tasks_cnhw":                  # Conv4's layout: (T, C, N, H, W), per-task params
+        shapes, kw = [(2, 3, 4, 5, 5), (2, 3), (2, 3)], {"channel_axis": -4, "batch_axis": -3}
+    elif layout == "shared_params":               # groups (tasks) sharing one weight and bias
+        shapes, kw = [(2, 3, 4, 5, 5), (3,), (3,)], {"channel_axis": -4, "batch_axis": -3}
+    else:
+        shapes, kw = [(5, 4, 3)], {}
+    xs = _tensors(rng, *shapes)
+    u = sm.tensor(device([rng.standard_normal(shapes[0])])[0])       # a fixed random cotangent
+
+    def loss(*args):
+        return (F.batch_norm(*args, **kw) * u).sum()
+
+    fast = _grads(loss, xs, create_graph=False)
+    recorded = _grads(loss, xs, create_graph=True)
+    for a, b in zip(fast, recorded):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_batch_norm_matches_the_textbook_formula():
+    rng = np.random.default_rng(1)
+    x, w, b = rng.standard_normal((3, 4, 6, 2, 2)), rng.standard_normal((3, 4)), rng.standard_normal((3, 4))
+    y = F.batch_norm(*device([x, w, b]), channel_axis=1, batch_axis=2).numpy()
+    mean = x.mean(axis=(2, 3, 4), keepdims=True)
+    var = x.var(axis=(2, 3, 4), keepdims=True)
+    expect = (x - mean) / np.sqrt(var + 1e-5) * w[:, :, None, None, None] + b[:, :, None, None, None]
+    np.testing.assert_allclose(y, expect, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("stride,padding", [(1, 1), (1, 0), (2, 1)])
+def test_convolutions_built_in_slices_equal_the_whole_batch(monkeypatch, stride, padding):
+    """With a tiny COLS_BUDGET every im2col matrix is built one image at a time:
+    forward values and first and second derivatives must not change."""
+    rng = np.random.default_rng(2)
+    xs = _tensors(rng, (2, 5, 3, 6, 6), (2, 4, 3, 3, 3), (2, 4))
+    u = sm.tensor(device([rng.standard_normal((2, 5, 4) + ((6 + 2 * padding - 3) // stride + 1,) * 2)])[0])
+
+    def run():
+        def loss(x, w, b):
+            y = F.conv2d(x, w, b, stride=stride, padding=padding)
+            return (y * u).sum()
+        first = sm.grad(loss(*xs), xs, create_graph=True)
+        second = sm.grad(sum((g * g).sum() for g in first), xs, allow_unused=True)
+        return [g.numpy() for g in first] + [g.numpy() for g in second if g is not None]
+
+    whole = run()
+    monkeypatch.setattr(windows, "COLS_BUDGET", 1)
+    assert len(windows._batch_slices((2,), 27, 5, 36)) == 5         # really one image per slice
+    sliced = run()
+    for a, b in zip(whole, sliced):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("stride,padding", [(1, 0), (1, 1), (1, 2), (2, 1)])
+def test_conv_transpose_is_the_adjoint_of_conv(stride, padding):
+    """<conv(a, w), g> = <a, conv_transpose(g, w)>, through the flipped-kernel
+    correlation (stride 1) and through fold (stride 2)."""
+    rng = np.random.default_rng(3)
+    a, w = device([rng.standard_normal((3, 2, 7, 7)), rng.standard_normal((4, 3, 3, 3))])
+    y = windows.conv.forward(a, w, stride, padding)
+    g = device([rng.standard_normal(tuple(y.shape))])[0]
+    at = windows.conv_transpose.forward(g, w, (7, 7), stride, padding)
+    lhs = float(backend.to_numpy((y * g).sum()))
+    rhs = float(backend.to_numpy((a * at).sum()))
+    assert at.shape == a.shape
+    assert abs(lhs - rhs) <= 1e-10 * max(1.0, abs(lhs))
+
+
+def test_max_pool_splits_the_gradient_between_tied_maxima():
+    # one 2x2 window with a two-way tie, one with a four-way tie, one without
+    x = np.array([[[[1.0, 1.0, 2.0, 2.0, 0.0, 5.0],
+                    [0.0, 0.5, 2.0, 2.0, 1.0, 3.0]]]])
+    xt = sm.tensor(device([x])[0], requires_grad=True)
+    (g,) = sm.grad(F.max_pool2d(xt, 2).sum(), [xt])
+    expect = np.array([[[[0.5, 0.5, 0.25, 0.25, 0.0, 1.0],
+                         [0.0, 0.0, 0.25, 0.25, 0.0, 0.0]]]])
+    np.testing.assert_array_equal(g.numpy(), expect)
