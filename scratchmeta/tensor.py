@@ -379,10 +379,16 @@ def _toposort(roots):
             continue
         visited.add(id(t))
         stack.append((t, True))
+        if t._parents is None:
+            raise RuntimeError(_RELEASED)
         for p in t._parents:
             if p.requires_grad and id(p) not in visited:
                 stack.append((p, False))
     return order
+
+
+_RELEASED = ("grad: this graph was released by an earlier grad(..., retain_graph=False); "
+             "keep it with retain_graph=None (the default) to differentiate it again")
 
 
 def _as_tuple(x):
@@ -398,8 +404,12 @@ def grad(outputs, inputs, grad_outputs=None, create_graph=False, allow_unused=Fa
     Returns a tuple with one Tensor (or None, if allow_unused) per input.
     With create_graph=True the backward pass is recorded, so the gradients
     are differentiable functions of the inputs (double backward).
-    `retain_graph` is accepted for PyTorch compatibility; graphs here are
-    never freed by a backward pass.
+    retain_graph=False releases the graph during the walk: each node lets go
+    of its inputs once its VJP has run, so intermediate arrays are freed as
+    early as in PyTorch (second-order MAML's peak memory is mostly these);
+    differentiating that graph again is then an error. The default (None)
+    keeps the graph, unlike PyTorch, whose default releases it unless
+    create_graph=True.
     """
     outputs, inputs = _as_tuple(outputs), _as_tuple(inputs)
     for i, t in enumerate(inputs):
@@ -437,15 +447,20 @@ def grad(outputs, inputs, grad_outputs=None, create_graph=False, allow_unused=Fa
         if id(t) in wanted or any(id(p) in needed for p in t._parents):
             needed.add(id(t))
 
+    release = retain_graph is False
     with _Mode(create_graph):
-        for t in reversed(order):
+        for i in range(len(order) - 1, -1, -1):
+            t = order[i]
+            parents = t._parents
+            if release and t._op is not None:
+                order[i] = None               # the walk's own reference ...
+                t._parents = None             # ... and the node's, to its inputs
             key = id(t)
             g = grads.get(key)
             if g is None or t._op is None or key not in needed:
                 continue
             if key not in wanted:
                 del grads[key]            # free intermediate gradients early
-            parents = t._parents
             in_grads = t._op.vjp_fn(g, t, *parents, **t._kw)
             for p, gp in zip(parents, in_grads):
                 if gp is None or id(p) not in needed:

@@ -184,12 +184,32 @@ def test_allow_unused_gives_none():
 
 
 def test_graph_is_kept_after_grad():
-    """Graphs are never freed by a backward pass (retain_graph is accepted and ignored)."""
+    """By default a backward pass keeps the graph: it can be walked again."""
     x = sm.tensor(2.0, requires_grad=True)
     y = x ** 3
     (g1,) = sm.grad(y, x)
-    (g2,) = sm.grad(y, x, retain_graph=False)
+    (g2,) = sm.grad(y, x)
     assert g1.item() == g2.item() == 12.0
+
+
+def test_retain_graph_false_releases_the_graph():
+    """retain_graph=False gives the same gradient, lets go of the intermediates,
+    and a second walk through the released graph is a clear error."""
+    import gc
+    import weakref
+    x = sm.tensor([1.0, 2.0], requires_grad=True)
+    h = x.exp()
+    probe = weakref.ref(h)
+    y = (h * 3.0).sum()
+    del h
+    (g,) = sm.grad(y, x, retain_graph=False)
+    np.testing.assert_allclose(g.numpy(), 3 * np.exp([1.0, 2.0]))
+    gc.collect()
+    assert probe() is None                        # the intermediate exp(x) is gone
+    with pytest.raises(RuntimeError, match="released by an earlier grad"):
+        sm.grad(y, x)
+    (g_again,) = sm.grad((x.exp() * 3.0).sum(), x)   # the leaf itself is untouched
+    np.testing.assert_allclose(g_again.numpy(), g.numpy())
 
 
 def test_detach_cuts_the_graph():

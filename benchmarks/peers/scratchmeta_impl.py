@@ -171,7 +171,7 @@ def protonet(problem):
         zs = z[:n_support].reshape(1, n_support, z.shape[1])
         zq = z[n_support:].reshape(1, z.shape[0] - n_support, z.shape[1])
         loss = proto.episode_loss(zs, y_support, zq, y_query, h["n_way"]).mean()
-        out["grads"] = dict(zip(params, sm.grad(loss, list(params.values()))))
+        out["grads"] = dict(zip(params, sm.grad(loss, list(params.values()), retain_graph=False)))
         backend.synchronize()
 
     return Runner(step, lambda: _back(out["grads"], problem))

@@ -152,7 +152,8 @@ def meta_gradient(model, theta, batch, alpha, steps=1, first_order=False, loss="
     first_order=True:  FOMAML, grad L_query evaluated at phi.
     """
     value = meta_objective(model, theta, batch, alpha, steps, first_order, loss)
-    return OrderedDict(zip(theta, grad(value, list(theta.values()))))
+    # retain_graph=False: each activation is freed as soon as the backward walk is past it
+    return OrderedDict(zip(theta, grad(value, list(theta.values()), retain_graph=False)))
 
 
 def meta_gradient_loop(model, theta, batch, alpha, steps=1, first_order=False, loss="mse"):

@@ -290,7 +290,7 @@ class ProtoNet(MetaLearner):
             z_support, z_query = self.embed(theta, batch)
             losses, logp = self._losses(z_support, z_query, batch, n_way)
             loss = losses.mean()
-            grads = grad(loss, [theta[k] for k in names])
+            grads = grad(loss, [theta[k] for k in names], retain_graph=False)
         with no_grad():
             acc = accuracy(logp.detach(), batch["query_y"]).mean()
         return loss.detach(), dict(zip(names, grads)), {"accuracy": acc}
