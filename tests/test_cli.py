@@ -34,6 +34,11 @@ def run_cli(*argv):
      "/nonexistent/omniglot"),
     (["train", "maml", "--task", "digits", "--ways", "7", "--out", "x"], "7"),
     (["train", "protonet", "--task", "digits", "--shots", "400", "--out", "x"], "400"),
+    (["train", "icl", "--noise-std", "-0.5", "--out", "x"], "must be a finite number >= 0, got -0.5"),
+    (["train", "icl", "--noise-std", "nan", "--out", "x"], "must be a finite number >= 0"),
+    (["train", "icl", "--noise-std", "lots", "--out", "x"], "expected a number, got 'lots'"),
+    (["train", "maml", "--noise-std", "0.5", "--out", "x"], "applies to the linreg task"),
+    (["eval", "x", "--noise-std", "-1"], "must be a finite number >= 0"),
     (["eval", "/nonexistent/run"], "not a directory"),
     (["train", "--resume", "/nonexistent/run"], "not a run directory"),
 ])
@@ -119,3 +124,34 @@ def test_init_flag_reaches_the_model_and_is_refused_for_conv_nets(tmp_path, caps
         run_cli("train", "maml", "--task", "digits", "--init", "maml", "--out", str(tmp_path / "b"))
     assert exit_info.value.code == 2
     assert "--init applies to MLP models" in capsys.readouterr().err
+
+
+def test_icl_on_noisy_prompts_trains_and_evaluates_against_label_and_clean_target(tmp_path, capsys):
+    out = str(tmp_path / "icl")
+    assert run_cli("train", "icl", "--noise-std", "0.5", "--steps", "2", "--meta-batch", "4",
+                   "--eval-every", "0", "--no-progress", "--out", out) == 0
+    config = json.loads((tmp_path / "icl" / "config.json").read_text())
+    assert config["task"]["noise_std"] == 0.5
+    capsys.readouterr()
+    assert run_cli("eval", out, "--tasks", "20", "--json") == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["task"]["noise_std"] == 0.5 and report["tasks"] == 20
+    assert set(report["by_k"]) == set(report["clean_by_k"]) == {str(k) for k in range(15)}
+    assert "least_squares" in report["clean_by_k"]["10"] and "clean_error" in report["metrics"]
+    # evaluating at another noise level: the report records it; noise 0 has no clean curves
+    assert run_cli("eval", out, "--tasks", "20", "--noise-std", "0", "--json") == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["task"]["noise_std"] == 0 and "clean_by_k" not in report
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli("eval", out, "--noise-std", "-2")
+    assert exit_info.value.code == 2
+
+
+def test_noise_flag_on_a_run_of_another_task_exits_2(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    assert run_cli("train", "maml", "--out", out, *TINY) == 0
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli("eval", out, "--noise-std", "0.5")
+    assert exit_info.value.code == 2
+    assert "applies to the linreg task" in capsys.readouterr().err

@@ -32,6 +32,29 @@ def test_noisy_and_sparse_variants():
     assert np.all((w != 0).sum(axis=1) == 2)
 
 
+def test_noisy_prompts_carry_their_clean_targets():
+    s = LinearRegressionPrompts(n_dims=3, n_points=5, noise_std=0.7, seed=2)
+    b = s.sample(4)
+    np.testing.assert_allclose(b["f"], np.einsum("tnd,td->tn", b["x"], b["w"]), rtol=1e-12)
+    assert not np.allclose(b["f"], b["y"])
+    assert "f" not in LinearRegressionPrompts(n_dims=3, n_points=5, seed=2).sample(4)
+    # the noise is drawn last: the same seed gives the same x and w with or without it
+    np.testing.assert_array_equal(LinearRegressionPrompts(n_dims=3, n_points=5, seed=2).sample(4)["x"],
+                                  b["x"])
+
+
+def test_least_squares_excess_risk_matches_theory():
+    """For k > d + 1 points with noise sigma^2: E (w_hat.x - w.x)^2 = sigma^2 d / (k - d - 1).
+
+    (E tr (X^T X)^{-1} = d / (k - d - 1) for Gaussian X, the inverse Wishart mean.)
+    """
+    d, n, sigma = 2, 12, 1.0
+    b = LinearRegressionPrompts(n_dims=d, n_points=n, noise_std=sigma, seed=5).sample(20000)
+    excess = ((B.least_squares(b["x"], b["y"]) - b["f"]) ** 2).mean(axis=0)       # (n,)
+    k = np.arange(6, n)
+    np.testing.assert_allclose(excess[k], sigma ** 2 * d / (k - d - 1), rtol=0.1)
+
+
 def test_curriculum_grows_dims_and_points():
     cur = {"dims": {"start": 2, "end": 4, "inc": 1, "interval": 3},
            "points": {"start": 3, "end": 7, "inc": 2, "interval": 3}}
@@ -201,6 +224,28 @@ def test_evaluate_returns_by_k_for_every_method():
         learner.evaluate(theta, {"x": x, "y": y}, inner_steps=3)
 
 
+def test_evaluate_on_noisy_prompts_scores_the_label_and_the_clean_target():
+    """E (p - y)^2 = E (p - w.x)^2 + sigma^2: the clean error is the excess risk."""
+    sigma = 0.5
+    learner = make_learner(_tiny_config(d=2, n=6, noise_std=sigma))
+    theta = learner.init(0)
+    b = LinearRegressionPrompts(n_dims=2, n_points=6, noise_std=sigma, seed=4).sample(3000)
+    out = learner.evaluate(theta, b)
+    pred = learner.predict(theta, b["x"], b["y"]).numpy()
+    ls = B.least_squares(b["x"], b["y"])
+    for k in range(6):
+        for m in ["transformer"] + list(B.BASELINES):
+            assert out[f"clean_by_k/{k}/{m}"].shape == (3000,)
+        np.testing.assert_allclose(out[f"clean_by_k/{k}/transformer"], (pred - b["f"])[:, k] ** 2 / 2,
+                                   rtol=1e-6)
+        np.testing.assert_allclose(out[f"by_k/{k}/least_squares"], (ls - b["y"])[:, k] ** 2 / 2)
+    np.testing.assert_allclose(out["clean_error"], np.mean((pred - b["f"]) ** 2, axis=1) / 2, rtol=1e-6)
+    # the noise floor sigma^2 / d separates the two scores (up to sampling error)
+    gap = out["by_k/5/ridge"].mean() - out["clean_by_k/5/ridge"].mean()
+    assert abs(gap - sigma ** 2 / 2) < 0.03, gap
+    assert not any(key.startswith("clean_baseline") for key in out)
+
+
 def test_meta_steps_fit_a_fixed_batch_of_prompts():
     """Gradients and optimiser wired up: 100 AdamW steps on 16 fixed prompts cut their loss."""
     cfg = _tiny_config(d=2, n=5)
@@ -252,3 +297,27 @@ def test_example_07_smoke(tmp_path):
     assert figure.stat().st_size > 0 and seconds >= 0
     assert result["by_k/4/least_squares"]["mean"] < 1e-6            # k >= d: exact
     assert result["by_k/4/transformer"]["tasks"] == 40
+
+
+def test_example_07_noisy_prompts(tmp_path):
+    from helpers import load_example
+    ex = load_example("07_icl_linear_regression.py")
+    figure = tmp_path / "icl_noisy.png"
+    result, _ = ex.main(steps=3, n_dims=2, n_points=5, width=8, depth=1, heads=2, interval=2,
+                        eval_prompts=40, figure=str(figure), progress=False, noise_std=0.5)
+    assert figure.stat().st_size > 0
+    assert result["by_k/4/least_squares"]["mean"] > 1e-3                # noise: LS is no longer exact
+    assert result["clean_by_k/4/transformer"]["tasks"] == 40
+    with pytest.raises(ValueError, match="noise_std"):
+        ex.main(steps=1, n_dims=2, n_points=5, width=8, depth=1, heads=2, eval_prompts=4,
+                figure=None, progress=False, noise_std=-0.5)
+
+
+def test_example_07_refuses_a_negative_noise_flag():
+    import subprocess
+    import sys
+    from helpers import ROOT
+    done = subprocess.run([sys.executable, str(ROOT / "examples" / "07_icl_linear_regression.py"),
+                           "--noise-std", "-1"], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert "--noise-std must be a finite number >= 0" in done.stderr
