@@ -27,7 +27,7 @@ import math
 
 from .backend import xp
 from .ops import unbroadcast
-from .tensor import Tensor, is_grad_enabled, primitive
+from .tensor import Saved, Tensor, is_grad_enabled, primitive
 
 
 def _count(shape, axes):
@@ -58,20 +58,23 @@ def batch_norm(x, w, b, axes, eps=1e-5):
     w and b already have the statistics' shape (or broadcast to it).
     """
     n = _count(x.shape, axes)
-    y = x - x.mean(axis=axes, keepdims=True)
-    scale = w / xp.sqrt(_sum_product(y, y, axes) / n + eps)
+    mean = x.mean(axis=axes, keepdims=True)
+    y = x - mean
+    inv_std = 1 / xp.sqrt(_sum_product(y, y, axes) / n + eps)
+    scale = w * inv_std
     if not (_fits(scale.shape, y.shape) and _fits(b.shape, y.shape)):
-        return y * scale + b                     # parameters carry axes x lacks
-    y *= scale
-    y += b
-    return y
+        y = y * scale + b                        # parameters carry axes x lacks
+    else:
+        y *= scale
+        y += b
+    return Saved(y, mean=mean, inv_std=inv_std)
 
 
 @batch_norm.vjp
-def _batch_norm_vjp(g, out, x, w, b, axes, eps=1e-5):
+def _batch_norm_vjp(g, out, x, w, b, axes, eps=1e-5, saved=None):
     if is_grad_enabled() or out.shape != x.shape:
         return _vjp_differentiable(g, x, w, b, axes, eps)
-    return _vjp_arrays(g, x, w, b, axes, eps)
+    return _vjp_arrays(g, x, w, b, axes, saved["mean"], saved["inv_std"])
 
 
 def _vjp_differentiable(g, x, w, b, axes, eps):
@@ -92,24 +95,24 @@ def _vjp_differentiable(g, x, w, b, axes, eps):
     return gx, gw, gb
 
 
-def _vjp_arrays(g, x, w, b, axes, eps):
-    """The same VJP on raw arrays, first-order backward only. With A = w / sigma,
+def _vjp_arrays(g, x, w, b, axes, mean, inv_std):
+    """The same VJP on raw arrays, first-order backward only, reusing the forward's
+    mean mu and 1/sigma. With A = w / sigma and S = sum(g * xhat) = (sum(g * x) - mu * sum(g)) / sigma,
 
-        dL/dx = A * g - A * sum(g) / n - (A / sigma) * (sum(g * xhat) / n) * (x - mu),
+        dL/dx = A * g - (A * S / (n * sigma)) * x + A * (mu * S / sigma - sum(g)) / n:
 
-    three per-channel coefficients times two full-size arrays."""
-    g, n = xp.ascontiguousarray(g.data), _count(x.shape, axes)
-    centred = x.data - x.data.mean(axis=axes, keepdims=True)
-    inv_std = 1 / xp.sqrt(_sum_product(centred, centred, axes) / n + eps)
-    sum_g = g.sum(axis=axes, keepdims=True)                            # dL/db before grouping
-    sum_g_xhat = _sum_product(g, centred, axes) * inv_std              # dL/dw before grouping
+    two full-size products and a constant per channel, where the textbook
+    form needs x - mu and xhat as full-size arrays first."""
+    n = _count(x.shape, axes)
+    ga, xa = xp.ascontiguousarray(g.data), x.data
+    sum_g = ga.sum(axis=axes, keepdims=True)                                  # dL/db before grouping
+    sum_g_xhat = (_sum_product(ga, xa, axes) - mean * sum_g) * inv_std        # dL/dw before grouping
     gx = None
     if x.requires_grad:
         a = w.data * inv_std
-        gx = g * a
-        centred *= -a * inv_std * sum_g_xhat / n
-        gx += centred
-        gx -= a * sum_g / n
+        gx = ga * a
+        gx += xa * (-a * inv_std * sum_g_xhat / n)
+        gx += a * (mean * inv_std * sum_g_xhat - sum_g) / n
         gx = Tensor(gx)
     gw = unbroadcast(Tensor(sum_g_xhat), w.shape) if w.requires_grad else None
     gb = unbroadcast(Tensor(sum_g), b.shape) if b.requires_grad else None

@@ -316,6 +316,19 @@ def as_tensor(x, like=None):
 # ---------------------------------------------------------------------------
 # Primitives
 # ---------------------------------------------------------------------------
+class Saved:
+    """What a forward may return instead of its output array: the output, and
+    raw arrays it computed on the way that its VJP can reuse (batch norm's
+    mean and 1/sigma), handed to the VJP as the keyword argument `saved`.
+    Like PyTorch's ctx.save_for_backward; the arrays are constants, so a VJP
+    uses them only where it is not itself differentiated."""
+
+    __slots__ = ("value", "arrays")
+
+    def __init__(self, value, **arrays):
+        self.value, self.arrays = value, arrays
+
+
 class Primitive:
     """An operation: a forward on raw arrays and a VJP in Tensor operations."""
 
@@ -338,7 +351,10 @@ class Primitive:
                 like = a
                 break
         ts = tuple(a if isinstance(a, Tensor) else as_tensor(a, like) for a in args)
-        out = Tensor(self.forward(*[t.data for t in ts], **kw))
+        result = self.forward(*[t.data for t in ts], **kw)
+        if isinstance(result, Saved):
+            result, kw = result.value, dict(kw, saved=result.arrays)
+        out = Tensor(result)
         if _grad_enabled[0]:
             for t in ts:
                 if t.requires_grad:
