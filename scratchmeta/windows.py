@@ -7,7 +7,7 @@ pixels.
 """
 from .backend import xp
 from .ops import unbroadcast
-from .tensor import primitive
+from .tensor import Tensor, is_grad_enabled, primitive
 
 
 # -- sliding windows (convolution and pooling) ------------------------------------
@@ -237,6 +237,10 @@ def conv(x, w, stride=1, padding=0):
 
 @conv.vjp
 def _conv_vjp(g, out, x, w, stride=1, padding=0):
+    if (x.requires_grad and w.requires_grad and not is_grad_enabled()
+            and _flips(w.shape, stride, padding)):
+        gx, gw = _conv_grads_arrays(g.data, x.data, w.data, padding)
+        return unbroadcast(Tensor(gx), x.shape), unbroadcast(Tensor(gw), w.shape)
     gx = gw = None
     if x.requires_grad:
         gx = unbroadcast(conv_transpose(g, w, size=x.shape[-2:], stride=stride, padding=padding),
@@ -247,17 +251,57 @@ def _conv_vjp(g, out, x, w, stride=1, padding=0):
     return gx, gw
 
 
+def _flips(w_shape, stride, padding):
+    """Whether conv's adjoint in x is a convolution with the flipped kernel (below)."""
+    kh, kw = w_shape[-2:]
+    return stride == 1 and kh == kw and padding <= kh - 1
+
+
+def _flip(w):
+    """(..., O, C, k, k) -> (..., C, O, k, k), reversed in both spatial axes."""
+    return xp.swapaxes(w, -4, -3)[..., ::-1, ::-1]
+
+
+def _conv_grads_arrays(g, x, w, padding):
+    """Both halves of conv's VJP from ONE im2col matrix, that of g (stride 1).
+
+    With G = U_q(g), the im2col of g padded by q = k - 1 - padding (rows
+    indexed by (o, i', j'), columns by the pixels of x), and x_flat the
+    matrix (C, N*H*W) that x already is in this layout:
+
+        x_bar = flip(W) G                        (conv_transpose, as below)
+        W_bar[o, c, i, j] = (x_flat G^T)[c, (o, k-1-i, k-1-j)]
+
+    the second because g's value that pairs x[c, n, r, s] with W[o, c, i, j]
+    sits in G at row (o, k-1-i, k-1-j), column (n, r, s). A plain backward
+    pass needs both, so this saves conv_weight_grad's im2col of x. Raw
+    arrays, first-order only; a recorded backward uses the two primitives.
+    """
+    out_c, in_c, k = w.shape[-4], w.shape[-3], w.shape[-1]
+    n = x.shape[-3]
+    wf = _flip(w).reshape(w.shape[:-4] + (in_c, out_c * k * k))
+    lead = _lead(wf.shape, g.shape[:-4] + (1, 1))
+    gx = xp.empty(lead + x.shape[-4:], dtype=xp.result_type(g.dtype, w.dtype))
+    gwf = None
+    for part in _batch_slices(lead, out_c * k * k, n, x.shape[-2] * x.shape[-1]):
+        cols, _ = _im2col(g[..., part, :, :], k, k, 1, k - 1 - padding)   # (..., O*k*k, m*H*W)
+        xp.matmul(wf, cols, out=_flat(gx[..., part, :, :]))
+        term = _flat(x[..., part, :, :]) @ xp.swapaxes(cols, -1, -2)      # (..., C, O*k*k)
+        gwf = term if gwf is None else xp.add(gwf, term, out=gwf)
+    gw = _flip(gwf.reshape(gwf.shape[:-1] + (out_c, k, k)))               # back to (..., O, C, k, k)
+    return gx, xp.ascontiguousarray(gw)
+
+
 @primitive
 def conv_transpose(g, w, size, stride=1, padding=0):
     out_c, in_c, kh, kw = w.shape[-4:]
     n, oh, ow = g.shape[-3:]
-    if stride == 1 and kh == kw and padding <= kh - 1:
+    if _flips(w.shape, stride, padding):
         # the adjoint of a stride-1 correlation is the correlation with the kernel
         # flipped in space and transposed in channels, padded by kh - 1 - padding:
         # an im2col of g (reads every gradient kh*kw times) instead of a fold
         # (which adds kh*kw partial images into x_bar)
-        flipped = xp.swapaxes(w, -4, -3)[..., ::-1, ::-1]
-        return conv.forward(g, flipped, 1, kh - 1 - padding)
+        return conv.forward(g, _flip(w), 1, kh - 1 - padding)
     wt = xp.swapaxes(w.reshape(w.shape[:-3] + (in_c * kh * kw,)), -1, -2)   # (..., C*kh*kw, O)
     slices = _batch_slices(_lead(wt.shape, g.shape[:-3] + (1, 1)), in_c * kh * kw, n, oh * ow)
     x = None

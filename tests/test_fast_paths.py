@@ -110,3 +110,24 @@ def test_max_pool_splits_the_gradient_between_tied_maxima():
     expect = np.array([[[[0.5, 0.5, 0.25, 0.25, 0.0, 1.0],
                          [0.0, 0.0, 0.25, 0.25, 0.0, 0.0]]]])
     np.testing.assert_array_equal(g.numpy(), expect)
+
+
+@pytest.mark.parametrize("padding", [0, 1, 2])
+@pytest.mark.parametrize("leads", [((), ()), ((2,), (2,)), ((), (2,)), ((2,), ())])
+def test_conv_first_order_vjp_from_one_im2col_equals_the_two_primitives(padding, leads):
+    """A plain backward computes x_bar and W_bar from one im2col of g
+    (windows._conv_grads_arrays); a recorded one uses conv_transpose and
+    conv_weight_grad. Same numbers, also when x or w carries task axes the other lacks."""
+    rng = np.random.default_rng(4)
+    x_lead, w_lead = leads
+    x, w = _tensors(rng, x_lead + (3, 4, 6, 5), w_lead + (5, 3, 3, 3))
+    out_lead = x_lead if len(x_lead) >= len(w_lead) else w_lead
+    u = sm.tensor(device([rng.standard_normal(out_lead + (5, 4, 4 + 2 * padding, 3 + 2 * padding))])[0])
+
+    def loss(x, w):
+        return (sm.ops.conv(x, w, padding=padding) * u).sum()
+
+    fast = _grads(loss, [x, w], create_graph=False)
+    recorded = _grads(loss, [x, w], create_graph=True)
+    for a, b in zip(fast, recorded):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
