@@ -59,12 +59,23 @@ def batch_norm(x, w, b, axes, eps=1e-5):
     """
     n = _count(x.shape, axes)
     mean = x.mean(axis=axes, keepdims=True)
-    y = x - mean
-    inv_std = 1 / xp.sqrt(_sum_product(y, y, axes) / n + eps)
+    # var = mean(x^2) - mean^2 needs no full-size x - mean; it loses about
+    # log10(1 + mean^2 / var) digits, so where the mean is large beside the
+    # spread (mean^2 > 64 var in some channel) take the two-pass route instead
+    var = _sum_product(x, x, axes) / n - mean * mean
+    centred = None
+    if not bool((mean * mean <= 64 * var).all()):
+        centred = x - mean
+        var = _sum_product(centred, centred, axes) / n
+    inv_std = 1 / xp.sqrt(var + eps)
     scale = w * inv_std
-    if not (_fits(scale.shape, y.shape) and _fits(b.shape, y.shape)):
-        y = y * scale + b                        # parameters carry axes x lacks
+    if not (_fits(scale.shape, x.shape) and _fits(b.shape, x.shape)):
+        y = (x - mean) * scale + b               # parameters carry axes x lacks
+    elif centred is None:
+        y = x * scale                            # y = x * w/sigma + (b - mean * w/sigma)
+        y += b - mean * scale
     else:
+        y = centred
         y *= scale
         y += b
     return Saved(y, mean=mean, inv_std=inv_std)

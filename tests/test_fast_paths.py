@@ -131,3 +131,15 @@ def test_conv_first_order_vjp_from_one_im2col_equals_the_two_primitives(padding,
     recorded = _grads(loss, [x, w], create_graph=True)
     for a, b in zip(fast, recorded):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_batch_norm_with_a_large_mean_keeps_its_precision(dtype):
+    """mean(x^2) - mean^2 would cancel catastrophically at x = 1e4 + N(0, 1);
+    batch_norm notices and takes the two-pass route."""
+    rng = np.random.default_rng(6)
+    x = 1e4 + rng.standard_normal((8, 3, 4, 4))
+    y = F.batch_norm(sm.tensor(device([x])[0], dtype=dtype)).numpy()
+    mean, var = x.mean(axis=(0, 2, 3), keepdims=True), x.var(axis=(0, 2, 3), keepdims=True)
+    expect = (x - mean) / np.sqrt(var + 1e-5)
+    np.testing.assert_allclose(y, expect, atol=1e-2 if dtype == "float32" else 1e-10)
