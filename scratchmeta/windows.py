@@ -40,6 +40,11 @@ def unfold(x, kh, kw, stride=1, padding=0, at=-2):
     A loop over the kh*kw window offsets, each copying one strided slice of
     the whole batch (no loop over pixels).
     """
+    return _unfold(x, kh, kw, stride, padding, at)
+
+
+def _unfold(x, kh, kw, stride=1, padding=0, at=-2, into=None):
+    """unfold's forward, writing into `into` (an array of its output's shape) if given."""
     lead = _window_lead(x.ndim, at)
     if padding:
         x = _pad(x, padding)
@@ -47,7 +52,8 @@ def unfold(x, kh, kw, stride=1, padding=0, at=-2):
     oh, ow = _out_size(H, kh, stride), _out_size(W, kw, stride)
     if oh < 1 or ow < 1:
         raise ValueError(f"unfold: a {kh}x{kw} window does not fit an input of size {H}x{W} (after padding)")
-    cols = xp.empty(x.shape[:lead] + (kh, kw) + x.shape[lead:-2] + (oh, ow), dtype=x.dtype)
+    cols = xp.empty(x.shape[:lead] + (kh, kw) + x.shape[lead:-2] + (oh, ow), dtype=x.dtype) \
+        if into is None else into
     head = (slice(None),) * lead
     for i in range(kh):
         for j in range(kw):
@@ -176,11 +182,23 @@ def _pool_pick_vjp(g, out, gx, x, pooled, k):
 #     conv_weight_grad:  W_bar = y_bar U(x)^T     the adjoint of conv in W
 # Each one's VJPs are the other two, so every order of derivative stays within
 # the three, and no node keeps a U(x) alive between the forward and backward passes.
-def _im2col(x, kh, kw, stride, padding):
-    """The im2col matrix (..., C*kh*kw, N*OH*OW) of x (..., C, N, H, W), and (N, OH, OW)."""
-    cols = unfold.forward(x, kh, kw, stride, padding, at=-3)       # (..., C, kh, kw, N, OH, OW)
-    n, oh, ow = cols.shape[-3:]
-    return cols.reshape(cols.shape[:-6] + (cols.shape[-6] * kh * kw, n * oh * ow)), (n, oh, ow)
+def _im2col(x, kh, kw, stride, padding, ones_row=False):
+    """The im2col matrix (..., C*kh*kw, N*OH*OW) of x (..., C, N, H, W), and (N, OH, OW).
+
+    ones_row=True appends a row of ones, so that a weight matrix with the bias
+    as its last column adds the bias in the same matrix product.
+    """
+    if not ones_row:
+        cols = _unfold(x, kh, kw, stride, padding, at=-3)           # (..., C, kh, kw, N, OH, OW)
+        n, oh, ow = cols.shape[-3:]
+        return cols.reshape(cols.shape[:-6] + (cols.shape[-6] * kh * kw, n * oh * ow)), (n, oh, ow)
+    c, n, (h, w) = x.shape[-4], x.shape[-3], x.shape[-2:]
+    oh, ow = _out_size(h + 2 * padding, kh, stride), _out_size(w + 2 * padding, kw, stride)
+    cols = xp.empty(x.shape[:-4] + (c * kh * kw + 1, n * oh * ow), dtype=x.dtype)
+    _unfold(x, kh, kw, stride, padding, at=-3,
+            into=cols[..., :-1, :].reshape(x.shape[:-4] + (c, kh, kw, n, oh, ow)))
+    cols[..., -1, :] = 1
+    return cols, (n, oh, ow)
 
 
 def _flat(y):
@@ -219,18 +237,25 @@ def _lead(a, b):
 
 @primitive
 def conv(x, w, stride=1, padding=0):
+    return _conv(x, w, stride, padding)
+
+
+def _conv(x, w, stride, padding, bias=None):
+    """W U(x) (+ bias, of shape (..., O) with w's leading axes, as a last column of W)."""
     out_c, in_c, kh, kw = w.shape[-4:]
     wm = w.reshape(w.shape[:-3] + (in_c * kh * kw,))                   # (..., O, C*kh*kw)
+    if bias is not None:
+        wm = xp.concatenate([wm, bias[..., None]], axis=-1)            # (..., O, C*kh*kw + 1)
     n, (h, wd) = x.shape[-3], x.shape[-2:]
     oh, ow = _out_size(h + 2 * padding, kh, stride), _out_size(wd + 2 * padding, kw, stride)
     lead = _lead(wm.shape, x.shape[:-4] + (1, 1))
-    slices = _batch_slices(x.shape[:-4], in_c * kh * kw, n, oh * ow)
+    slices = _batch_slices(x.shape[:-4], wm.shape[-1], n, oh * ow)
     if len(slices) == 1:
-        cols, _ = _im2col(x, kh, kw, stride, padding)
+        cols, _ = _im2col(x, kh, kw, stride, padding, ones_row=bias is not None)
         return (wm @ cols).reshape(lead + (out_c, n, oh, ow))         # one product per task
     y = xp.empty(lead + (out_c, n, oh, ow), dtype=xp.result_type(w.dtype, x.dtype))
     for part in slices:
-        cols, _ = _im2col(x[..., part, :, :], kh, kw, stride, padding)
+        cols, _ = _im2col(x[..., part, :, :], kh, kw, stride, padding, ones_row=bias is not None)
         xp.matmul(wm, cols, out=_flat(y[..., part, :, :]))
     return y
 
@@ -301,7 +326,7 @@ def conv_transpose(g, w, size, stride=1, padding=0):
         # flipped in space and transposed in channels, padded by kh - 1 - padding:
         # an im2col of g (reads every gradient kh*kw times) instead of a fold
         # (which adds kh*kw partial images into x_bar)
-        return conv.forward(g, _flip(w), 1, kh - 1 - padding)
+        return _conv(g, _flip(w), 1, kh - 1 - padding)
     wt = xp.swapaxes(w.reshape(w.shape[:-3] + (in_c * kh * kw,)), -1, -2)   # (..., C*kh*kw, O)
     slices = _batch_slices(_lead(wt.shape, g.shape[:-3] + (1, 1)), in_c * kh * kw, n, oh * ow)
     x = None
@@ -357,12 +382,12 @@ def _conv_weight_grad_vjp(b, out, x, g, kernel, stride=1, padding=0):
 
 @primitive
 def conv_bias(x, w, b, stride=1, padding=0):
-    """conv(x, w) + b, with b of shape (..., O, 1, 1, 1): one output array, not two."""
-    y = conv.forward(x, w, stride, padding)
-    if b.ndim > y.ndim or any(s not in (1, d) for s, d in zip(b.shape[::-1], y.shape[::-1])):
-        return y + b                               # b carries axes y lacks
-    y += b
-    return y
+    """conv(x, w) + b, with b of shape (..., O, 1, 1, 1): the bias rides in the
+    matrix product (W's last column against a row of ones), so no extra pass."""
+    bias = b.reshape(b.shape[:-3])                                      # (..., O)
+    if bias.shape[:-1] == w.shape[:-4]:
+        return _conv(x, w, stride, padding, bias=bias)
+    return conv.forward(x, w, stride, padding) + b                      # leading axes differ
 
 
 @conv_bias.vjp

@@ -143,3 +143,17 @@ def test_batch_norm_with_a_large_mean_keeps_its_precision(dtype):
     mean, var = x.mean(axis=(0, 2, 3), keepdims=True), x.var(axis=(0, 2, 3), keepdims=True)
     expect = (x - mean) / np.sqrt(var + 1e-5)
     np.testing.assert_allclose(y, expect, atol=1e-2 if dtype == "float32" else 1e-10)
+
+
+@pytest.mark.parametrize("b_lead", [(2,), ()])
+def test_conv_bias_in_the_product_equals_adding_it_after(monkeypatch, b_lead):
+    """conv_bias puts b in the matrix product (a row of ones under U(x)) when b
+    has w's leading axes, and adds it afterwards otherwise; whole or sliced."""
+    rng = np.random.default_rng(7)
+    x, w = device([rng.standard_normal((2, 3, 4, 6, 6)), rng.standard_normal((2, 5, 3, 3, 3))])
+    b = device([rng.standard_normal(b_lead + (5, 1, 1, 1))])[0]
+    expect = backend.to_numpy(windows.conv.forward(x, w, 1, 1) + b)
+    for budget in (windows.COLS_BUDGET, 1):
+        monkeypatch.setattr(windows, "COLS_BUDGET", budget)
+        got = backend.to_numpy(windows.conv_bias.forward(x, w, b, 1, 1))
+        np.testing.assert_allclose(got, expect, rtol=1e-12, atol=1e-12)
