@@ -142,6 +142,27 @@ def conv2d_cnhw(x, w, b=None, stride=1, padding=0):
     return ops.conv_bias(x, w, b.reshape(b.shape + (1, 1, 1)), stride=stride, padding=padding)
 
 
+def conv2d_batch_norm_cnhw(x, w, b, weight, bias, padding=0, eps=1e-5):
+    """batch_norm(conv2d_cnhw(x, w, b, padding=padding), weight, bias,
+    channel_axis=-4, batch_axis=-3): a convolution block's first two steps,
+    statistics per output channel over (N, OH, OW), per task when w is batched.
+
+    Where the im2col matrix is thin (C*kh*kw at most half the output
+    channels: the first layer on grey or RGB images) this is one primitive,
+    ops.conv_batch_norm, that gets batch norm's statistics from the im2col
+    matrix's mean and covariance and never forms the convolution's output
+    (see normalization.py); elsewhere it is the two functions it stands for.
+    """
+    x, w, b, weight, bias = (_t(a) for a in (x, w, b, weight, bias))
+    out_c, in_c, kh, kw = w.shape[-4:]
+    params = w.shape[:-4] + (out_c,)
+    if (in_c * kh * kw <= out_c // 2 and x.shape[-4] == in_c and len(x.shape) >= 4
+            and b.shape == weight.shape == bias.shape == params):
+        return ops.conv_batch_norm(x, w, b, weight, bias, padding=padding, eps=eps)
+    return batch_norm(conv2d_cnhw(x, w, b, padding=padding), weight, bias, eps=eps,
+                      channel_axis=-4, batch_axis=-3)
+
+
 def max_pool2d(x, kernel_size, stride=None):
     """Max over kernel_size x kernel_size windows of the last two axes (floor mode)."""
     x = _t(x)

@@ -27,7 +27,7 @@ import math
 
 from .backend import xp
 from .ops import unbroadcast
-from .tensor import Saved, Tensor, is_grad_enabled, primitive
+from .tensor import Saved, Tensor, enable_grad, grad, is_grad_enabled, primitive
 
 
 def _count(shape, axes):
@@ -128,3 +128,90 @@ def _vjp_arrays(g, x, w, b, axes, mean, inv_std):
     gw = unbroadcast(Tensor(sum_g_xhat), w.shape) if w.requires_grad else None
     gb = unbroadcast(Tensor(sum_g), b.shape) if b.requires_grad else None
     return gx, gw, gb
+
+
+# -- convolution followed by batch norm, through the im2col matrix's moments ----------
+# When the im2col matrix U (K = C*kh*kw rows, L = N*OH*OW columns) is thin, as
+# for a first layer on grey or RGB images (K = 9 or 27 rows against O = 64
+# outputs), the statistics batch norm needs of y = W U + b follow from U's own
+# mean u and covariance Sigma (K x K), without y:
+#
+#     mean(y) = W u + b,    var(y) = diag(W Sigma W^T)
+#
+# and the normalised output is again one matrix product, W' [U; 1], with
+# W' = [s W | beta - s W u] and s = gamma / sqrt(var + eps) (the conv bias b
+# cancels, as it always does before batch norm). The first-order VJP needs one
+# more product, g [U; 1]^T = [g U^T | sum(g)], and small matrices only:
+#
+#     G = g U^T - sum(g) u^T  (= sum g (u - mean u)^T),   dL/dgamma = S = diag(G W^T) / sigma
+#     dL/dW = A G - (A S / (L sigma)) L W Sigma,         A = gamma / sigma
+#     dL/dbeta = sum(g),   dL/db = 0
+#
+# so neither y nor any full-size elementwise pass exists, forward or backward.
+# A recorded backward (or one that needs dL/dx) differentiates the two
+# primitives it fuses instead, recomputed (`_conv_batch_norm_composite`).
+def _bn_axes(ndim):
+    return (ndim - 3, ndim - 2, ndim - 1)                   # (N, OH, OW) of (..., O, N, OH, OW)
+
+
+def _conv_batch_norm_composite(x, w, b, gamma, beta, padding, eps):
+    """The same function from the primitives it fuses (Tensor ops)."""
+    y = ops.conv_bias(x, w, b.reshape(b.shape + (1, 1, 1)), padding=padding)
+    shape = gamma.shape + (1, 1, 1)
+    return batch_norm(y, gamma.reshape(shape), beta.reshape(shape), axes=_bn_axes(y.ndim), eps=eps)
+
+
+@primitive
+def conv_batch_norm(x, w, b, gamma, beta, padding=0, eps=1e-5):
+    """batch_norm(conv(x, w) + b) per output channel over (N, OH, OW), layout
+    (..., C, N, H, W); b, gamma, beta of shape w.shape[:-4] + (O,). Stride 1."""
+    out_c, in_c, kh, kw = w.shape[-4:]
+    k = in_c * kh * kw
+    ua, (n, oh, ow) = windows._im2col(x, kh, kw, 1, padding, ones_row=True)   # [U; 1]
+    u = ua[..., :k, :]
+    size = u.shape[-1]
+    u_mean = u.mean(axis=-1, keepdims=True)                                   # (..., K, 1)
+    centred = u - u_mean
+    cov = centred @ xp.swapaxes(centred, -1, -2) / size                       # (..., K, K)
+    wm = w.reshape(w.shape[:-3] + (k,))                                       # (..., O, K)
+    wu = wm @ u_mean                                                          # (..., O, 1)
+    var = ((wm @ cov) * wm).sum(axis=-1, keepdims=True)
+    inv_std = 1 / xp.sqrt(var + eps)
+    scale = gamma[..., None] * inv_std
+    w_out = xp.concatenate([wm * scale, beta[..., None] - scale * wu], axis=-1)   # W'
+    out = w_out @ ua
+    lead = out.shape[:-2]
+    return Saved(out.reshape(lead + (out_c, n, oh, ow)), u_mean=u_mean, cov=cov, inv_std=inv_std)
+
+
+@conv_batch_norm.vjp
+def _conv_batch_norm_vjp(g, out, x, w, b, gamma, beta, padding=0, eps=1e-5, saved=None):
+    if is_grad_enabled() or x.requires_grad or out.shape[:-4] != w.shape[:-4]:
+        inputs = [x, w, b, gamma, beta]
+        with enable_grad():
+            y = _conv_batch_norm_composite(x, w, b, gamma, beta, padding, eps)
+        wanted = [t for t in inputs if t.requires_grad]
+        grads = iter(grad(y, wanted, grad_outputs=g, create_graph=is_grad_enabled(),
+                          allow_unused=True))
+        return tuple(next(grads) if t.requires_grad else None for t in inputs)
+    u_mean, cov, inv_std = saved["u_mean"], saved["cov"], saved["inv_std"]
+    out_c, in_c, kh, kw = w.shape[-4:]
+    k, wm = in_c * kh * kw, w.data.reshape(w.shape[:-3] + (in_c * kh * kw,))
+    ua, _ = windows._im2col(x.data, kh, kw, 1, padding, ones_row=True)
+    gf = g.data.reshape(g.shape[:-3] + (-1,))                                 # (..., O, L)
+    size = gf.shape[-1]
+    g_ua = gf @ xp.swapaxes(ua, -1, -2)                                       # [g U^T | sum(g)]
+    sum_g = g_ua[..., k:]                                                     # (..., O, 1)
+    gc = g_ua[..., :k] - sum_g * xp.swapaxes(u_mean, -1, -2)                  # G
+    s = (gc * wm).sum(axis=-1, keepdims=True) * inv_std                       # dL/dgamma
+    a = gamma.data[..., None] * inv_std
+    gw = a * gc - (a * s * inv_std) * (wm @ cov)
+    result = (None,
+              Tensor(gw.reshape(w.shape)) if w.requires_grad else None,
+              Tensor(xp.zeros(b.shape, dtype=b.dtype)) if b.requires_grad else None,
+              Tensor(s[..., 0]) if gamma.requires_grad else None,
+              Tensor(sum_g[..., 0]) if beta.requires_grad else None)
+    return result
+
+
+from . import ops, windows  # noqa: E402  (normalization is imported by ops, after windows)

@@ -426,4 +426,4 @@ def _where_vjp(g, out, cond, x, y):
 from .windows import (conv, conv_bias, conv_transpose, conv_weight_grad, fold,  # noqa: E402,F401
                       pool_max, pool_pick, pool_route, unfold)
 # Batch normalisation, one primitive with a hand-fused VJP, lives in normalization.py.
-from .normalization import batch_norm  # noqa: E402,F401
+from .normalization import batch_norm, conv_batch_norm  # noqa: E402,F401

@@ -157,3 +157,56 @@ def test_conv_bias_in_the_product_equals_adding_it_after(monkeypatch, b_lead):
         monkeypatch.setattr(windows, "COLS_BUDGET", budget)
         got = backend.to_numpy(windows.conv_bias.forward(x, w, b, 1, 1))
         np.testing.assert_allclose(got, expect, rtol=1e-12, atol=1e-12)
+
+
+def _conv_bn_inputs(rng, x_lead, w_lead, out_c=20, in_c=1, k=3, n=4, size=5):
+    return _tensors(rng, x_lead + (in_c, n, size, size), w_lead + (out_c, in_c, k, k),
+                    w_lead + (out_c,), w_lead + (out_c,), w_lead + (out_c,))
+
+
+@pytest.mark.parametrize("leads", [((2,), (2,)), ((), ()), ((), (2,)), ((2,), ())])
+def test_conv_batch_norm_fused_equals_the_two_ops(leads):
+    """ops.conv_batch_norm (statistics from the im2col matrix's moments) against
+    conv_bias then batch_norm: forward values and first-order gradients; the
+    conv bias's gradient is exactly zero (batch norm cancels it)."""
+    from scratchmeta.normalization import _conv_batch_norm_composite
+    rng = np.random.default_rng(8)
+    xs = _conv_bn_inputs(rng, *leads)
+    xs[0].requires_grad = False                    # images: the fused VJP's own case
+    params = xs[1:]
+    fused = F.conv2d_batch_norm_cnhw(*xs, padding=1)
+    assert fused._op.name == "conv_batch_norm"
+    plain = _conv_batch_norm_composite(*xs, padding=1, eps=1e-5)
+    np.testing.assert_allclose(fused.numpy(), plain.numpy(), rtol=1e-10, atol=1e-10)
+    u = sm.tensor(device([rng.standard_normal(fused.shape)])[0])
+    g_fused = sm.grad((fused * u).sum(), params)
+    g_plain = sm.grad((plain * u).sum(), params)
+    for a, b in zip(g_fused, g_plain):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-9, atol=1e-10)
+    if leads[0] == leads[1]:                       # the raw-array VJP (else the composite one)
+        assert not g_fused[1].numpy().any()
+
+
+def test_conv_batch_norm_recorded_and_input_gradients_go_through_the_two_ops():
+    """create_graph=True, or a gradient for x, differentiate the recomputed pair."""
+    rng = np.random.default_rng(9)
+    xs = _conv_bn_inputs(rng, (2,), (2,))
+    u = sm.tensor(device([rng.standard_normal((2, 20, 4, 5, 5))])[0])
+
+    def loss(*args):
+        return (F.conv2d_batch_norm_cnhw(*args, padding=1) * u).sum()
+
+    plain = [g.numpy() for g in sm.grad(loss(*xs), xs)]
+    recorded = sm.grad(loss(*xs), xs, create_graph=True)
+    for a, b in zip(plain, recorded):
+        np.testing.assert_allclose(a, b.numpy(), rtol=1e-9, atol=1e-10)
+    assert recorded[1].requires_grad                          # differentiable again
+    assert sm.check_grads(lambda *a: loss(*a), [t.data for t in xs], order=2)
+
+
+def test_conv_batch_norm_is_used_only_for_thin_im2col_matrices():
+    rng = np.random.default_rng(10)
+    thin = _conv_bn_inputs(rng, (2,), (2,), out_c=20, in_c=1)
+    wide = _conv_bn_inputs(rng, (2,), (2,), out_c=8, in_c=3)      # 27 rows > 8 // 2
+    assert F.conv2d_batch_norm_cnhw(*thin, padding=1)._op.name == "conv_batch_norm"
+    assert F.conv2d_batch_norm_cnhw(*wide, padding=1)._op.name == "batch_norm"
