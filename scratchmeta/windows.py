@@ -5,6 +5,7 @@ Tensor operations, so every order of derivative works. The forwards loop over
 the kh*kw window offsets, each a strided slice of the whole batch, never over
 pixels.
 """
+from . import backend
 from .backend import xp
 from .ops import unbroadcast
 from .tensor import Tensor, is_grad_enabled, primitive
@@ -227,6 +228,15 @@ def _prod(shape):
     return p
 
 
+def _product_into(a, b, out):
+    """out[...] = a @ b. NumPy's matmul writes straight into `out`, a strided
+    view (a slice of the batch axis); other backends get an explicit copy."""
+    if backend.get_backend() == "numpy":
+        xp.matmul(a, b, out=out)
+    else:
+        out[...] = a @ b
+
+
 def _lead(a, b):
     """The broadcast of two arrays' leading (task) axes: all but their last two."""
     a, b = a[:-2], b[:-2]
@@ -256,7 +266,7 @@ def _conv(x, w, stride, padding, bias=None):
     y = xp.empty(lead + (out_c, n, oh, ow), dtype=xp.result_type(w.dtype, x.dtype))
     for part in slices:
         cols, _ = _im2col(x[..., part, :, :], kh, kw, stride, padding, ones_row=bias is not None)
-        xp.matmul(wm, cols, out=_flat(y[..., part, :, :]))
+        _product_into(wm, cols, _flat(y[..., part, :, :]))
     return y
 
 
@@ -310,7 +320,7 @@ def _conv_grads_arrays(g, x, w, padding):
     gwf = None
     for part in _batch_slices(lead, out_c * k * k, n, x.shape[-2] * x.shape[-1]):
         cols, _ = _im2col(g[..., part, :, :], k, k, 1, k - 1 - padding)   # (..., O*k*k, m*H*W)
-        xp.matmul(wf, cols, out=_flat(gx[..., part, :, :]))
+        _product_into(wf, cols, _flat(gx[..., part, :, :]))
         term = _flat(x[..., part, :, :]) @ xp.swapaxes(cols, -1, -2)      # (..., C, O*k*k)
         gwf = term if gwf is None else xp.add(gwf, term, out=gwf)
     gw = _flip(gwf.reshape(gwf.shape[:-1] + (out_c, k, k)))               # back to (..., O, C, k, k)
