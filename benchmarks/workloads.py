@@ -18,6 +18,10 @@ maml_conv4     5-way 1-shot MAML meta-gradient of a Conv4 on 28x28 images
 protonet       a 5-way 1-shot Prototypical Networks episode (arXiv:1703.05175,
                Eq. 1 prototypes, Eq. 2 distance softmax): gradient of the
                query cross-entropy w.r.t. all Conv4 parameters
+icl_transformer  one training step of in-context linear regression (Garg et
+               al. 2022, arXiv:2208.01066v3, Sec. 3): loss and gradient of a
+               GPT-2-style pre-norm decoder w.r.t. all its parameters, on a
+               batch of prompts (x_1, w.x_1, ..., x_n, w.x_n)
 """
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -32,7 +36,8 @@ class Problem:
     """One workload instance: what every implementation gets."""
 
     name: str                 # workload name, e.g. "maml_sine_2nd"
-    kind: str                 # peer function to call: maml_sine | reptile_sine | maml_conv4 | protonet
+    kind: str                 # peer function to call: maml_sine | reptile_sine | maml_conv4 |
+                              # protonet | icl_transformer
     params: "OrderedDict[str, np.ndarray]"
     data: dict                # name -> np.ndarray (labels are int64)
     hyper: dict = field(default_factory=dict)
@@ -82,6 +87,43 @@ def conv4_params(rng, in_channels=1, hidden=64, n_out=5, head=True, dtype=np.flo
     return params
 
 
+def transformer_params(rng, n_dims=5, width=32, depth=3, max_len=30, mlp_ratio=4, n_out=1,
+                       dtype=np.float64):
+    """The parameters of scratchmeta.transformer.Transformer, by its names and shapes.
+
+    read_in.{w,b}, pos (learned positions, (max_len, width)), block{i}.ln1.{w,b},
+    block{i}.attn.{w_qkv,b_qkv,w_out,b_out} (Q, K, V stacked: w_qkv (3 width, width)),
+    block{i}.ln2.{w,b}, block{i}.mlp.{w1,b1,w2,b2}, ln_f.{w,b}, read_out.{w,b};
+    every weight (out, in) as in PyTorch. GPT-2's initialisation (N(0, 0.02^2),
+    residual projections scaled by 1/sqrt(2 depth)), except that biases and
+    layer-norm parameters are perturbed around (0, 1) so that a wrong
+    gradient for them cannot hide behind symmetry.
+    """
+    D, H = width, width * mlp_ratio
+    resid = 0.02 / np.sqrt(2 * depth)
+
+    def normal(*shape, std=0.02):
+        return rng.normal(0.0, std, size=shape).astype(dtype)
+
+    def gain(n):
+        return (1.0 + 0.1 * rng.standard_normal(n)).astype(dtype)
+
+    params = OrderedDict()
+    params["read_in.w"], params["read_in.b"] = normal(D, n_dims), normal(D)
+    params["pos"] = normal(max_len, D)
+    for i in range(depth):
+        b = f"block{i}."
+        params[b + "ln1.w"], params[b + "ln1.b"] = gain(D), normal(D, std=0.1)
+        params[b + "attn.w_qkv"], params[b + "attn.b_qkv"] = normal(3 * D, D), normal(3 * D)
+        params[b + "attn.w_out"], params[b + "attn.b_out"] = normal(D, D, std=resid), normal(D)
+        params[b + "ln2.w"], params[b + "ln2.b"] = gain(D), normal(D, std=0.1)
+        params[b + "mlp.w1"], params[b + "mlp.b1"] = normal(H, D), normal(H)
+        params[b + "mlp.w2"], params[b + "mlp.b2"] = normal(D, H, std=resid), normal(D)
+    params["ln_f.w"], params["ln_f.b"] = gain(D), normal(D, std=0.1)
+    params["read_out.w"], params["read_out.b"] = normal(n_out, D), normal(n_out)
+    return params
+
+
 # ----------------------------------------------------------------------- data
 
 def sine_tasks(rng, n_tasks, k_support=10, k_query=10, dtype=np.float64):
@@ -115,6 +157,15 @@ def image_episode(rng, n_way=5, k_shot=1, n_query=15, size=28, dtype=np.float64)
     support_x, support_y = draw(k_shot)
     query_x, query_y = draw(n_query)
     return dict(support_x=support_x, support_y=support_y, query_x=query_x, query_y=query_y)
+
+
+def linreg_prompts(rng, n_prompts, n_dims=5, n_points=15, dtype=np.float64):
+    """Noiseless linear-regression prompts as scratchmeta.tasks.linreg draws them:
+    w ~ N(0, I_d) per prompt, x_i ~ N(0, I_d), y_i = w.x_i. x (B, n, d), y (B, n)."""
+    w = rng.standard_normal((n_prompts, n_dims))
+    x = rng.standard_normal((n_prompts, n_points, n_dims))
+    y = np.einsum("tnd,td->tn", x, w)
+    return dict(x=x.astype(dtype), y=y.astype(dtype))
 
 
 def image_meta_batch(rng, meta_batch, **kwargs):
@@ -162,6 +213,21 @@ def _protonet(name, dtype, n_tasks=None, inner_steps=None):
         hyper=dict(n_way=5, k_shot=1))
 
 
+def _icl_transformer(name, dtype, n_tasks=64, inner_steps=None):
+    """The configuration of docs/icl.md (icl.default_config): d = 5, 15 points a prompt
+    (30 tokens, max_len 30), width 32, 3 pre-norm blocks, 4 heads, learned
+    positions, MLP ratio 4, 64 prompts a step; the full task (no curriculum)."""
+    rng = np.random.default_rng(SEED)
+    d, n, width, depth = 5, 15, 32, 3
+    return Problem(
+        name=name, kind="icl_transformer",
+        params=transformer_params(rng, n_dims=d, width=width, depth=depth, max_len=2 * n,
+                                  mlp_ratio=4, dtype=dtype),
+        data=linreg_prompts(rng, n_tasks, n_dims=d, n_points=n, dtype=dtype),
+        hyper=dict(n_dims=d, n_points=n, width=width, depth=depth, heads=4,
+                   positions="learned", mlp_ratio=4))
+
+
 # name -> (builder, one-line description, default timed repeats)
 WORKLOADS = OrderedDict([
     ("maml_sine_2nd", (lambda n, d, **kw: _maml_sine(n, False, d, **kw),
@@ -174,6 +240,9 @@ WORKLOADS = OrderedDict([
                     "MAML Conv4 5-way 1-shot 28x28, meta-batch 4, 15 queries/class, 2nd order", 3)),
     ("protonet", (_protonet,
                   "ProtoNet Conv4 5-way 1-shot episode, 15 queries/class", 7)),
+    ("icl_transformer", (_icl_transformer,
+                         "ICL transformer training step: d=5, 15 pts, width 32, 3 layers, "
+                         "4 heads, batch 64", 20)),
 ])
 
 

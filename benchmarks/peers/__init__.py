@@ -8,6 +8,7 @@ Each module exposes:
     reptile_sine(problem)      -> Runner
     maml_conv4(problem)        -> Runner
     protonet(problem)          -> Runner
+    icl_transformer(problem)   -> Runner
 
 A `Runner` holds `step()`, one timed call that computes the result and waits
 for it (block_until_ready / device synchronize), and `result()`, the last

@@ -79,6 +79,55 @@ def cross_entropy(logits, labels):
     return -anp.mean(log_p[anp.arange(len(labels)), labels])
 
 
+_MASKED = -1e9      # scratchmeta.transformer.MASKED
+
+
+def _layer_norm(x, w, b, eps=1e-5):
+    mean = anp.mean(x, axis=-1, keepdims=True)
+    var = anp.mean((x - mean) ** 2, axis=-1, keepdims=True)
+    return (x - mean) / anp.sqrt(var + eps) * w + b
+
+
+def _gelu(x):
+    """tanh form, as scratchmeta.functional.gelu."""
+    return 0.5 * x * (1 + anp.tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)))
+
+
+def _softmax(x):
+    e = anp.exp(x - getval(anp.max(x, axis=-1, keepdims=True)))    # shift by a constant
+    return e / anp.sum(e, axis=-1, keepdims=True)
+
+
+def prompt_tokens(x, y):
+    """x (B, n, d), y (B, n) -> (B, 2n, d): x_1, (y_1, 0..0), x_2, ... (icl.prompt_tokens)."""
+    B, n, d = x.shape
+    y_wide = anp.concatenate([y[..., None], anp.zeros((B, n, d - 1), dtype=x.dtype)], axis=-1)
+    return anp.reshape(anp.stack([x, y_wide], axis=2), (B, 2 * n, d))
+
+
+def transformer(params, tokens, depth, heads):
+    """scratchmeta.transformer.Transformer (learned positions, pre-norm, tanh GELU)."""
+    B, L, _ = tokens.shape
+    h = anp.dot(tokens, params["read_in.w"].T) + params["read_in.b"] + params["pos"][:L]
+    D = h.shape[-1]
+    mask = anp.tril(anp.ones((L, L), dtype=bool))
+    for i in range(depth):
+        b = f"block{i}."
+        a = _layer_norm(h, params[b + "ln1.w"], params[b + "ln1.b"])
+        qkv = anp.dot(a, params[b + "attn.w_qkv"].T) + params[b + "attn.b_qkv"]
+        qkv = anp.transpose(anp.reshape(qkv, (B, L, 3, heads, D // heads)), (2, 0, 3, 1, 4))
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        scores = anp.matmul(q, anp.swapaxes(k, -1, -2)) * (1.0 / (D // heads) ** 0.5)
+        scores = anp.where(mask, scores, _MASKED)
+        att = anp.reshape(anp.transpose(anp.matmul(_softmax(scores), v), (0, 2, 1, 3)), (B, L, D))
+        h = h + anp.dot(att, params[b + "attn.w_out"].T) + params[b + "attn.b_out"]
+        m = _layer_norm(h, params[b + "ln2.w"], params[b + "ln2.b"])
+        m = _gelu(anp.dot(m, params[b + "mlp.w1"].T) + params[b + "mlp.b1"])
+        h = h + anp.dot(m, params[b + "mlp.w2"].T) + params[b + "mlp.b2"]
+    h = _layer_norm(h, params["ln_f.w"], params["ln_f.b"])
+    return anp.dot(h, params["read_out.w"].T) + params["read_out.b"]
+
+
 # -------------------------------------------------------------- workloads
 
 def _maml(problem, forward, loss):
@@ -158,3 +207,22 @@ def protonet(problem):
         out["grads"] = loss_grad(params)
 
     return Runner(step, lambda: _numpy(out["grads"]))
+
+
+def icl_transformer(problem):
+    """One ICL training step (Garg et al. 2022): value_and_grad of the prefix MSE."""
+    h = problem.hyper
+    params = dict(problem.params)
+    x, y = problem.data["x"], problem.data["y"]
+
+    def loss(params):
+        pred = transformer(params, prompt_tokens(x, y), h["depth"], h["heads"])[:, 0::2, 0]
+        return anp.mean((pred - y) ** 2)
+
+    loss_grad = autograd.value_and_grad(loss)
+    out = {}
+
+    def step():
+        out["loss"], out["grads"] = loss_grad(params)
+
+    return Runner(step, lambda: _numpy({"loss": out["loss"], **out["grads"]}))

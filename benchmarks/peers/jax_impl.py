@@ -70,6 +70,44 @@ def cross_entropy(logits, labels):
     return -jnp.take_along_axis(log_p, labels[:, None], axis=1).mean()
 
 
+_MASKED = -1e9      # scratchmeta.transformer.MASKED
+
+
+def _layer_norm(x, w, b, eps=1e-5):
+    mean = x.mean(axis=-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)
+    return (x - mean) / jnp.sqrt(var + eps) * w + b
+
+
+def prompt_tokens(x, y):
+    """x (B, n, d), y (B, n) -> (B, 2n, d): x_1, (y_1, 0..0), x_2, ... (icl.prompt_tokens)."""
+    B, n, d = x.shape
+    y_wide = jnp.concatenate([y[..., None], jnp.zeros((B, n, d - 1), x.dtype)], axis=-1)
+    return jnp.stack([x, y_wide], axis=2).reshape(B, 2 * n, d)
+
+
+def transformer(params, tokens, depth, heads):
+    """scratchmeta.transformer.Transformer (learned positions, pre-norm, tanh GELU)."""
+    B, L, _ = tokens.shape
+    h = tokens @ params["read_in.w"].T + params["read_in.b"] + params["pos"][:L]
+    D = h.shape[-1]
+    mask = jnp.tril(jnp.ones((L, L), dtype=bool))
+    for i in range(depth):
+        b = f"block{i}."
+        a = _layer_norm(h, params[b + "ln1.w"], params[b + "ln1.b"])
+        qkv = a @ params[b + "attn.w_qkv"].T + params[b + "attn.b_qkv"]
+        q, k, v = qkv.reshape(B, L, 3, heads, D // heads).transpose(2, 0, 3, 1, 4)
+        scores = (q @ k.swapaxes(-1, -2)) * (1.0 / (D // heads) ** 0.5)
+        scores = jnp.where(mask, scores, _MASKED)
+        att = (jax.nn.softmax(scores, axis=-1) @ v).transpose(0, 2, 1, 3).reshape(B, L, D)
+        h = h + att @ params[b + "attn.w_out"].T + params[b + "attn.b_out"]
+        m = _layer_norm(h, params[b + "ln2.w"], params[b + "ln2.b"])
+        m = jax.nn.gelu(m @ params[b + "mlp.w1"].T + params[b + "mlp.b1"], approximate=True)
+        h = h + m @ params[b + "mlp.w2"].T + params[b + "mlp.b2"]
+    h = _layer_norm(h, params["ln_f.w"], params["ln_f.b"])
+    return h @ params["read_out.w"].T + params["read_out.b"]
+
+
 # -------------------------------------------------------------- workloads
 
 def _maml(problem, forward, loss, batch_tasks="vmap"):
@@ -161,3 +199,22 @@ def protonet(problem):
         out["grads"] = jax.block_until_ready(compiled(params, d))
 
     return Runner(step, lambda: _numpy(out["grads"]))
+
+
+def icl_transformer(problem):
+    """One ICL training step (Garg et al. 2022): value_and_grad of the prefix MSE, jitted."""
+    h = problem.hyper
+    params = {k: jnp.asarray(v) for k, v in problem.params.items()}
+    x, y = jnp.asarray(problem.data["x"]), jnp.asarray(problem.data["y"])
+
+    def loss(params, x, y):
+        pred = transformer(params, prompt_tokens(x, y), h["depth"], h["heads"])[:, 0::2, 0]
+        return ((pred - y) ** 2).mean()
+
+    compiled = _compile(jax.value_and_grad(loss), params, x, y)
+    out = {}
+
+    def step():
+        out["loss"], out["grads"] = jax.block_until_ready(compiled(params, x, y))
+
+    return Runner(step, lambda: _numpy({"loss": out["loss"], **out["grads"]}))

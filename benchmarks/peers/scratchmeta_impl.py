@@ -5,9 +5,12 @@ benchmark: nn.MLP / nn.Conv4 (pure functions of a parameter dict),
 algorithms.maml.meta_gradient (tasks batched on a leading axis: weights of
 shape (T, out, in) and batched matmul, batched convolution for Conv4, no
 Python loop over tasks), algorithms.reptile.reptile_direction, and
-Prototypical Networks' loss from algorithms.protonet. Parameters arrive in
-PyTorch's names and are renamed to the library's (fc1.weight -> w0,
-conv1.weight -> conv0.w, bn1.weight -> bn0.w, head.weight -> head.w).
+Prototypical Networks' loss from algorithms.protonet, and the in-context
+learner's training step (algorithms.icl.InContextLearner.meta_step on a
+transformer.Transformer). Parameters arrive in PyTorch's names and are
+renamed to the library's (fc1.weight -> w0, conv1.weight -> conv0.w,
+bn1.weight -> bn0.w, head.weight -> head.w); the transformer's already
+carry the library's names.
 """
 
 import numpy as np
@@ -175,3 +178,35 @@ def protonet(problem):
         backend.synchronize()
 
     return Runner(step, lambda: _back(out["grads"], problem))
+
+
+def icl_transformer(problem):
+    """One training step of algorithms.icl (Garg et al. 2022): InContextLearner.meta_step.
+
+    The learner builds the tokens (icl.prompt_tokens), runs its
+    transformer.Transformer and differentiates the mean squared error over
+    prompts and prefixes w.r.t. every parameter, exactly as training does
+    (the optimiser's update is left out).
+    """
+    from collections import OrderedDict
+    from scratchmeta.algorithms import icl
+    h, d = problem.hyper, problem.data
+    learner = icl.InContextLearner(
+        model={k: h[k] for k in ("width", "depth", "heads", "positions", "mlp_ratio")},
+        task={"n_dims": h["n_dims"], "n_points": h["n_points"]})
+    # the benchmark's parameters must be the model's own, name for name and shape for shape
+    with sm.no_grad():
+        layout = {k: tuple(v.shape) for k, v in learner.model.init(0, dtype=problem.dtype).items()}
+    given = {k: tuple(v.shape) for k, v in problem.params.items()}
+    if layout != given:
+        raise ValueError(f"icl_transformer: parameters {given} do not match the model's {layout}")
+    theta = OrderedDict((k, _tensor(v, requires_grad=True)) for k, v in problem.params.items())
+    batch = {"x": _tensor(d["x"]).data, "y": _tensor(d["y"]).data}
+    out = {}
+
+    def step():
+        loss, grads, _ = learner.meta_step(theta, batch)
+        out["loss"], out["grads"] = loss.detach(), grads      # not the loss's graph
+        backend.synchronize()
+
+    return Runner(step, lambda: _numpy({"loss": out["loss"], **out["grads"]}))

@@ -1,8 +1,11 @@
 """PyTorch models shared by torch_loop (fast-weight dicts) and torch_func (functional_call).
 
 Parameter names match benchmarks/workloads.py: fc1..fc3 for the MLP;
-conv1..4, bn1..4 and head for Conv4.
+conv1..4, bn1..4 and head for Conv4; scratchmeta's own names for the
+in-context transformer (read_in, pos, block{i}.ln1/attn/ln2/mlp, ln_f, read_out).
 """
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -58,6 +61,58 @@ def protonet_loss(embed, params, data, n_way, k_shot):
     prototypes = z[:n_support].reshape(n_way, k_shot, -1).mean(1)     # (n_way, d)
     logits = -sq_dist(z[n_support:], prototypes)                      # (n_query, n_way)
     return F.cross_entropy(logits, data["query_y"])
+
+
+# ------------------------------------------- in-context transformer (Garg et al.)
+
+MASKED = -1e9      # scratchmeta.transformer.MASKED: the score of a future position
+
+
+def prompt_tokens(x, y):
+    """x (B, n, d), y (B, n) -> tokens (B, 2n, d): x_1, (y_1, 0..0), x_2, ... (icl.prompt_tokens)."""
+    B, n, d = x.shape
+    y_wide = torch.cat([y[..., None], x.new_zeros(B, n, d - 1)], dim=-1)
+    return torch.stack([x, y_wide], dim=2).reshape(B, 2 * n, d)
+
+
+def causal_attention(q, k, v):
+    """softmax(q k^T / sqrt(d_head) + M) v, future scores replaced by MASKED (Vaswani Eq. 1)."""
+    length = q.shape[-2]
+    scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))
+    mask = torch.ones(length, length, dtype=torch.bool).tril()
+    scores = scores.masked_fill(~mask, MASKED)
+    return torch.softmax(scores, dim=-1) @ v
+
+
+def transformer(params, tokens, depth, heads):
+    """scratchmeta.transformer.Transformer, learned positions: tokens (B, L, d) -> (B, L, 1).
+
+    Pre-norm GPT-2 blocks h <- h + MultiHead(LN(h)); h <- h + W2 GELU(W1 LN(h)),
+    layer-norm eps 1e-5, GELU in its tanh form, Q, K, V from one stacked
+    (3D, D) weight split into heads by a reshape.
+    """
+    B, L, _ = tokens.shape
+    h = F.linear(tokens, params["read_in.w"], params["read_in.b"]) + params["pos"][:L]
+    D = h.shape[-1]
+    for i in range(depth):
+        b = f"block{i}."
+        a = F.layer_norm(h, (D,), params[b + "ln1.w"], params[b + "ln1.b"], eps=1e-5)
+        qkv = F.linear(a, params[b + "attn.w_qkv"], params[b + "attn.b_qkv"])
+        qkv = qkv.reshape(B, L, 3, heads, D // heads).permute(2, 0, 3, 1, 4)
+        att = causal_attention(qkv[0], qkv[1], qkv[2]).transpose(1, 2).reshape(B, L, D)
+        h = h + F.linear(att, params[b + "attn.w_out"], params[b + "attn.b_out"])
+        m = F.layer_norm(h, (D,), params[b + "ln2.w"], params[b + "ln2.b"], eps=1e-5)
+        m = F.gelu(F.linear(m, params[b + "mlp.w1"], params[b + "mlp.b1"]), approximate="tanh")
+        h = h + F.linear(m, params[b + "mlp.w2"], params[b + "mlp.b2"])
+    h = F.layer_norm(h, (D,), params["ln_f.w"], params["ln_f.b"], eps=1e-5)
+    return F.linear(h, params["read_out.w"], params["read_out.b"])
+
+
+def icl_loss(params, x, y, depth, heads):
+    """Garg et al.'s objective: mean over prompts and prefixes of (M(P^i) - y_{i+1})^2,
+    the prediction read at each x token."""
+    pred = transformer(params, prompt_tokens(x, y), depth, heads)[:, 0::2, 0]
+    return ((pred - y) ** 2).mean()
 
 
 # ------------------------------------------------------------ nn.Modules

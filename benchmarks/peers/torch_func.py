@@ -6,8 +6,8 @@ from . import Runner
 try:
     import torch
     import torch.nn.functional as F
-    from torch.func import functional_call, grad, vmap
-    from .torch_common import MLP, Conv4, protonet_loss, to_torch
+    from torch.func import functional_call, grad, grad_and_value, vmap
+    from .torch_common import MLP, Conv4, icl_loss, protonet_loss, to_torch
 except ImportError as e:          # reported by available()
     torch, _MISSING = None, str(e)
 
@@ -106,3 +106,21 @@ def protonet(problem):
         out["grads"] = loss_grad(params)
 
     return Runner(step, lambda: _numpy(out["grads"]))
+
+
+def icl_transformer(problem):
+    """One ICL training step (Garg et al. 2022) through torch.func.grad_and_value.
+
+    The transformer is already a pure function of its parameter dict
+    (torch_common.transformer), so no functional_call is needed; one batch of
+    prompts, so no vmap.
+    """
+    params, data = to_torch(problem)
+    h = problem.hyper
+    loss_grad = grad_and_value(lambda p: icl_loss(p, data["x"], data["y"], h["depth"], h["heads"]))
+    out = {}
+
+    def step():
+        out["grads"], out["loss"] = loss_grad(params)
+
+    return Runner(step, lambda: _numpy({"loss": out["loss"], **out["grads"]}))

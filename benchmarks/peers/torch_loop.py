@@ -7,7 +7,7 @@ from . import Runner
 try:
     import torch
     import torch.nn.functional as F
-    from .torch_common import conv4, mlp, protonet_loss, to_numpy, to_torch
+    from .torch_common import conv4, icl_loss, mlp, protonet_loss, to_numpy, to_torch
 except ImportError as e:          # reported by available()
     torch, _MISSING = None, str(e)
 
@@ -101,3 +101,24 @@ def protonet(problem):
         out["grads"] = torch.autograd.grad(loss, list(params.values()))
 
     return Runner(step, lambda: to_numpy(out["grads"], params.keys()))
+
+
+def icl_transformer(problem):
+    """In-context linear regression (Garg et al. 2022): loss and gradient of one training step."""
+    params, data = to_torch(problem)
+    for w in params.values():
+        w.requires_grad_(True)
+    h = problem.hyper
+    out = {}
+
+    def step():
+        loss = icl_loss(params, data["x"], data["y"], h["depth"], h["heads"])
+        out["loss"] = loss.detach()
+        out["grads"] = torch.autograd.grad(loss, list(params.values()))
+
+    def result():
+        res = {"loss": out["loss"].numpy().astype("float64")}
+        res.update(to_numpy(out["grads"], params.keys()))
+        return res
+
+    return Runner(step, result)
