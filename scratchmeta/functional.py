@@ -56,11 +56,9 @@ def log_softmax(x, axis=-1):
 
 
 def softmax(x, axis=-1):
-    """exp(x_i - m) / sum_j exp(x_j - m) with m the detached max."""
-    x = _t(x)
-    m = Tensor(xp.max(x.data, axis=axis, keepdims=True))
-    e = (x - m).exp()
-    return e / e.sum(axis=axis, keepdims=True)
+    """exp(x_i - m) / sum_j exp(x_j - m) with m the max: one primitive
+    (activations.py), whose VJP is s * (g - sum(g * s))."""
+    return ops.softmax(_t(x), axis=axis)
 
 
 def _labels(labels):
@@ -219,23 +217,29 @@ def batch_norm(x, weight=None, bias=None, eps=1e-5, channel_axis=1, batch_axis=N
 
 
 def layer_norm(x, weight=None, bias=None, eps=1e-5):
-    """Normalise over the last axis (Ba et al. 2016), then scale and shift."""
+    """Normalise over the last axis (Ba et al. 2016), then scale and shift:
+    y = (x - mean) / sqrt(var + eps) * weight + bias, per example.
+
+    The same primitive as batch_norm (normalization.py) over another axis:
+    layer norm normalises each example over its features, batch norm each
+    feature over the batch.
+    """
     x = _t(x)
-    mean = x.mean(axis=-1, keepdims=True)
-    centred = x - mean
-    var = (centred * centred).mean(axis=-1, keepdims=True)
-    y = centred / (var + eps).sqrt()
-    if weight is not None:
-        y = y * weight
-    if bias is not None:
-        y = y + bias
-    return y
+    d = x.shape[-1]
+    params = []
+    for p, fill in ((weight, 1.0), (bias, 0.0)):
+        p = Tensor(xp.full((d,), fill, dtype=x.dtype)) if p is None else _t(p)
+        if p.shape[-1:] != (d,):
+            raise ValueError(f"layer_norm: input has {d} features (shape {x.shape}) but a "
+                             f"parameter of shape {p.shape}")
+        params.append(p)
+    return ops.batch_norm(x, *params, axes=(x.ndim - 1,), eps=eps)
 
 
 def gelu(x):
-    """GELU, tanh form (Hendrycks & Gimpel 2016): 0.5 x (1 + tanh(sqrt(2/pi)(x + 0.044715 x^3)))."""
-    x = _t(x)
-    return 0.5 * x * (1 + (0.7978845608028654 * (x + 0.044715 * x * x * x)).tanh())
+    """GELU, tanh form (Hendrycks & Gimpel 2016): 0.5 x (1 + tanh(sqrt(2/pi)(x + 0.044715 x^3))),
+    one primitive (activations.py)."""
+    return ops.gelu(_t(x))
 
 
 def sq_dist(a, b):

@@ -44,7 +44,8 @@ def _sum_product(a, b, axes):
     """sum(a * b) over `axes` (kept as size 1), without a full-size temporary when
     `axes` are the trailing ones: then it is one batch of dot products."""
     n = len(axes)
-    if axes == tuple(range(a.ndim - n, a.ndim)) and a.flags.c_contiguous and b.flags.c_contiguous:
+    if (axes == tuple(range(a.ndim - n, a.ndim)) and _count(a.shape, axes) >= 256
+            and a.flags.c_contiguous and b.flags.c_contiguous):
         lead, size = a.shape[:a.ndim - n], _count(a.shape, axes)
         dots = a.reshape(lead + (1, size)) @ b.reshape(lead + (size, 1))
         return dots.reshape(lead + (1,) * n)
@@ -81,9 +82,17 @@ def batch_norm(x, w, b, axes, eps=1e-5):
     return Saved(y, mean=mean, inv_std=inv_std)
 
 
+def _per_group(p, ndim, axes):
+    """Whether parameter p is constant along the statistics' axes (batch norm's
+    case; layer norm's weight varies along them)."""
+    lead = ndim - p.ndim
+    return all(a < lead or p.shape[a - lead] == 1 for a in axes)
+
+
 @batch_norm.vjp
 def _batch_norm_vjp(g, out, x, w, b, axes, eps=1e-5, saved=None):
-    if is_grad_enabled() or out.shape != x.shape:
+    if (is_grad_enabled() or out.shape != x.shape
+            or not (_per_group(w, x.ndim, axes) and _per_group(b, x.ndim, axes))):
         return _vjp_differentiable(g, x, w, b, axes, eps)
     return _vjp_arrays(g, x, w, b, axes, saved["mean"], saved["inv_std"])
 

@@ -427,3 +427,5 @@ from .windows import (conv, conv_bias, conv_transpose, conv_weight_grad, fold,  
                       pool_max, pool_pick, pool_route, unfold)
 # Batch normalisation, one primitive with a hand-fused VJP, lives in normalization.py.
 from .normalization import batch_norm, conv_batch_norm  # noqa: E402,F401
+# Softmax and GELU, one primitive each, live in activations.py.
+from .activations import gelu, softmax  # noqa: E402,F401

@@ -210,3 +210,27 @@ def test_conv_batch_norm_is_used_only_for_thin_im2col_matrices():
     wide = _conv_bn_inputs(rng, (2,), (2,), out_c=8, in_c=3)      # 27 rows > 8 // 2
     assert F.conv2d_batch_norm_cnhw(*thin, padding=1)._op.name == "conv_batch_norm"
     assert F.conv2d_batch_norm_cnhw(*wide, padding=1)._op.name == "batch_norm"
+
+
+def test_gelu_array_vjp_equals_the_differentiable_one_and_the_formula():
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((3, 5, 7)) * 3
+    xt = sm.tensor(device([x])[0], requires_grad=True)
+    u = sm.tensor(device([rng.standard_normal(x.shape)])[0])
+    y = F.gelu(xt)
+    t = np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3))
+    np.testing.assert_allclose(y.numpy(), 0.5 * x * (1 + t), rtol=1e-13, atol=1e-13)
+    fast = _grads(lambda v: (F.gelu(v) * u).sum(), [xt], create_graph=False)
+    recorded = _grads(lambda v: (F.gelu(v) * u).sum(), [xt], create_graph=True)
+    np.testing.assert_allclose(fast[0], recorded[0], rtol=1e-12, atol=1e-13)
+
+
+def test_softmax_and_layer_norm_match_their_formulas():
+    rng = np.random.default_rng(12)
+    x, w, b = rng.standard_normal((4, 6)) * 5, rng.standard_normal(6), rng.standard_normal(6)
+    s = F.softmax(sm.tensor(device([x])[0]), axis=-1).numpy()
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    np.testing.assert_allclose(s, e / e.sum(axis=-1, keepdims=True), rtol=1e-13)
+    y = F.layer_norm(*[sm.tensor(a) for a in device([x, w, b])]).numpy()
+    z = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-5)
+    np.testing.assert_allclose(y, z * w + b, rtol=1e-12, atol=1e-12)
