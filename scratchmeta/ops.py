@@ -152,7 +152,13 @@ def _matmul_vjp(g, out, a, b):
     else:
         g2 = g
     ga = unbroadcast(g2 @ b2.mT, a2.shape).reshape(a.shape) if a.requires_grad else None
-    gb = unbroadcast(a2.mT @ g2, b2.shape).reshape(b.shape) if b.requires_grad else None
+    gb = None
+    if b.requires_grad and b.ndim == 2 and a.ndim > 2:
+        # one matrix shared by a batch (x @ W): sum_t A_t^T G_t is one product
+        # of the batch stacked into rows, not a batch of products then a sum
+        gb = a.reshape(-1, a.shape[-1]).mT @ g.reshape(-1, g.shape[-1])
+    elif b.requires_grad:
+        gb = unbroadcast(a2.mT @ g2, b2.shape).reshape(b.shape)
     return ga, gb
 
 
