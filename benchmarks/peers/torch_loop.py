@@ -88,37 +88,33 @@ def reptile_sine(problem):
     return Runner(step, lambda: {k: v.numpy().astype("float64") for k, v in out["direction"].items()})
 
 
-def protonet(problem):
-    """Prototypical Networks episode: gradient of the query loss w.r.t. all Conv4 parameters."""
+def _loss_gradient(problem, loss_of, with_loss=False):
+    """A Runner for the gradient of loss_of(params, data, hyper) w.r.t. every parameter."""
     params, data = to_torch(problem)
     for w in params.values():
         w.requires_grad_(True)
-    h = problem.hyper
     out = {}
 
     def step():
-        loss = protonet_loss(conv4, params, data, h["n_way"], h["k_shot"])
-        out["grads"] = torch.autograd.grad(loss, list(params.values()))
-
-    return Runner(step, lambda: to_numpy(out["grads"], params.keys()))
-
-
-def icl_transformer(problem):
-    """In-context linear regression (Garg et al. 2022): loss and gradient of one training step."""
-    params, data = to_torch(problem)
-    for w in params.values():
-        w.requires_grad_(True)
-    h = problem.hyper
-    out = {}
-
-    def step():
-        loss = icl_loss(params, data["x"], data["y"], h["depth"], h["heads"])
+        loss = loss_of(params, data, problem.hyper)
         out["loss"] = loss.detach()
         out["grads"] = torch.autograd.grad(loss, list(params.values()))
 
     def result():
-        res = {"loss": out["loss"].numpy().astype("float64")}
+        res = {"loss": out["loss"].numpy().astype("float64")} if with_loss else {}
         res.update(to_numpy(out["grads"], params.keys()))
         return res
 
     return Runner(step, result)
+
+
+def protonet(problem):
+    """Prototypical Networks episode: gradient of the query loss w.r.t. all Conv4 parameters."""
+    return _loss_gradient(problem, lambda params, data, h: protonet_loss(
+        conv4, params, data, h["n_way"], h["k_shot"]))
+
+
+def icl_transformer(problem):
+    """In-context linear regression (Garg et al. 2022): loss and gradient of one training step."""
+    return _loss_gradient(problem, lambda params, data, h: icl_loss(
+        params, data["x"], data["y"], h["depth"], h["heads"]), with_loss=True)
