@@ -5,6 +5,8 @@ Tensor operations, so every order of derivative works. The forwards loop over
 the kh*kw window offsets, each a strided slice of the whole batch, never over
 pixels.
 """
+import math
+
 from . import backend
 from .backend import xp
 from .ops import unbroadcast
@@ -216,16 +218,9 @@ COLS_BUDGET = 1 << 20
 
 def _batch_slices(lead_shape, rows, n, cols_per_item):
     """Slices of the batch axis (length n) whose im2col block fits COLS_BUDGET."""
-    per_item = max(1, rows * cols_per_item * _prod(lead_shape))
+    per_item = max(1, rows * cols_per_item * math.prod(lead_shape))
     step = max(1, COLS_BUDGET // per_item)
     return [slice(i, min(i + step, n)) for i in range(0, n, step)]
-
-
-def _prod(shape):
-    p = 1
-    for s in shape:
-        p *= s
-    return p
 
 
 def _product_into(a, b, out):
