@@ -321,3 +321,18 @@ def test_example_07_refuses_a_negative_noise_flag():
                            "--noise-std", "-1"], capture_output=True, text=True)
     assert done.returncode == 2
     assert "--noise-std must be a finite number >= 0" in done.stderr
+
+
+def test_example_07_scores_a_saved_run_zero_shot_on_noisy_prompts(tmp_path):
+    from helpers import load_example
+    from scratchmeta import train
+    ex = load_example("07_icl_linear_regression.py")
+    cfg = dict(_tiny_config(), steps=3, meta_batch=4, eval_every=0, seed=0)
+    train.run(cfg, str(tmp_path / "run"), progress=False)
+    clean = ex.evaluate_saved(str(tmp_path / "run"), eval_prompts=40)
+    assert clean["by_k/3/least_squares"]["mean"] < 1e-6                # trained and scored noiseless
+    figure = tmp_path / "zero_shot.png"
+    noisy = ex.evaluate_saved(str(tmp_path / "run"), eval_prompts=40, noise_std=0.5, figure=str(figure))
+    assert figure.stat().st_size > 0
+    assert noisy["by_k/3/least_squares"]["mean"] > 1e-3                # the prompts now carry noise
+    assert noisy["clean_by_k/3/transformer"]["tasks"] == 40
