@@ -125,6 +125,13 @@ def main(steps=2000, n_dims=5, n_points=15, width=32, depth=3, heads=4, lr=1e-3,
     train_time = time.time() - t0
     print(f"trained {steps} steps in {train_time:.0f} s ({train_time / max(steps, 1) * 1e3:.0f} ms/step)")
 
+    return report(learner, theta, config, seed, eval_prompts, figure), train_time
+
+
+def report(learner, theta, config, seed, eval_prompts, figure):
+    """Score theta on the held-out prompts (seed + 123): tables, and the figure if asked."""
+    noise_std = config["task"]["noise_std"]
+    n_dims, n_points = config["task"]["n_dims"], config["task"]["n_points"]
     held_out = icl.make_sampler(config, "test", seed + 123)
     result = evaluate(learner, theta, held_out, n_tasks=eval_prompts, batch_size=500)
     print_table(result, n_dims, n_points, eval_prompts)
@@ -132,7 +139,7 @@ def main(steps=2000, n_dims=5, n_points=15, width=32, depth=3, heads=4, lr=1e-3,
         print_table(result, n_dims, n_points, eval_prompts, prefix="clean_by_k")
     if figure:
         plot(result, n_dims, n_points, figure, noise_std)
-    return result, train_time
+    return result
 
 
 def evaluate_saved(run, eval_prompts=2000, noise_std=None, figure=None):
@@ -148,17 +155,8 @@ def evaluate_saved(run, eval_prompts=2000, noise_std=None, figure=None):
     if noise_std is not None:
         config["task"]["noise_std"] = noise_std
         learner = icl.make_learner(config)
-    noise_std = config["task"]["noise_std"]
-    n_dims, n_points = config["task"]["n_dims"], config["task"]["n_points"]
-    print(f"{run}: step {step}, evaluated on prompts with noise_std {noise_std:g}")
-    held_out = icl.make_sampler(config, "test", config.get("seed", 0) + 123)
-    result = evaluate(learner, theta, held_out, n_tasks=eval_prompts, batch_size=500)
-    print_table(result, n_dims, n_points, eval_prompts)
-    if noise_std:
-        print_table(result, n_dims, n_points, eval_prompts, prefix="clean_by_k")
-    if figure:
-        plot(result, n_dims, n_points, figure, noise_std)
-    return result
+    print(f"{run}: step {step}, evaluated on prompts with noise_std {config['task']['noise_std']:g}")
+    return report(learner, theta, config, config.get("seed", 0), eval_prompts, figure)
 
 
 if __name__ == "__main__":
