@@ -61,11 +61,13 @@ def batch_norm(x, w, b, axes, eps=1e-5):
     n = _count(x.shape, axes)
     mean = x.mean(axis=axes, keepdims=True)
     # var = mean(x^2) - mean^2 needs no full-size x - mean; it loses about
-    # log10(1 + mean^2 / var) digits, so where the mean is large beside the
-    # spread (mean^2 > 64 var in some channel) take the two-pass route instead
-    var = _sum_product(x, x, axes) / n - mean * mean
+    # log10(1 + mean^2 / var) digits, so it is used only where the pass it
+    # saves is worth it (statistics over 256 values or more) and the mean is
+    # not large beside the spread (mean^2 <= 64 var in every channel)
     centred = None
-    if not bool((mean * mean <= 64 * var).all()):
+    if n >= 256:
+        var = _sum_product(x, x, axes) / n - mean * mean
+    if n < 256 or not bool((mean * mean <= 64 * var).all()):
         centred = x - mean
         var = _sum_product(centred, centred, axes) / n
     inv_std = 1 / xp.sqrt(var + eps)
