@@ -88,11 +88,14 @@ class Transformer:
     n_dims: features per input token; width: the model width D; depth: blocks;
     heads: attention heads; max_len: the longest sequence (context) in tokens;
     positions: "learned" (GPT-2) or "sinusoidal"; mlp_ratio: hidden width of
-    the MLP as a multiple of D; n_out: numbers read out per position.
+    the MLP as a multiple of D; n_out: numbers read out per position;
+    io_init: how the read-in and read-out maps start (see init).
     """
 
+    IO_INITS = ("pytorch", "gpt2")
+
     def __init__(self, n_dims, width=64, depth=3, heads=4, max_len=64,
-                 positions="learned", mlp_ratio=4, n_out=1):
+                 positions="learned", mlp_ratio=4, n_out=1, io_init="pytorch"):
         for name, v in (("n_dims", n_dims), ("width", width), ("depth", depth),
                         ("heads", heads), ("max_len", max_len), ("mlp_ratio", mlp_ratio),
                         ("n_out", n_out)):
@@ -102,6 +105,9 @@ class Transformer:
             raise ValueError(f"Transformer: width {width} is not divisible by {heads} heads")
         if positions not in ("learned", "sinusoidal"):
             raise ValueError(f"Transformer: positions must be 'learned' or 'sinusoidal', got {positions!r}")
+        if io_init not in self.IO_INITS:
+            raise ValueError(f"Transformer: io_init must be one of {self.IO_INITS}, got {io_init!r}")
+        self.io_init = io_init
         self.n_dims, self.width, self.depth, self.heads = int(n_dims), int(width), int(depth), int(heads)
         self.max_len, self.positions = int(max_len), positions
         self.mlp_ratio, self.n_out = int(mlp_ratio), int(n_out)
@@ -109,11 +115,23 @@ class Transformer:
     def config(self):
         return {"model": "transformer", "n_dims": self.n_dims, "width": self.width,
                 "depth": self.depth, "heads": self.heads, "max_len": self.max_len,
-                "positions": self.positions, "mlp_ratio": self.mlp_ratio, "n_out": self.n_out}
+                "positions": self.positions, "mlp_ratio": self.mlp_ratio, "n_out": self.n_out,
+                "io_init": self.io_init}
 
     def init(self, seed=0, dtype=None):
-        """GPT-2's initialisation: weights N(0, 0.02^2), residual projections
-        scaled by 1/sqrt(2 depth), biases 0, layer-norm gains 1."""
+        """GPT-2's initialisation inside the blocks: weights N(0, 0.02^2),
+        residual projections scaled by 1/sqrt(2 depth), biases 0, layer-norm
+        gains 1, learned positions N(0, 0.02^2).
+
+        The read-in and read-out maps sit outside GPT-2. In Garg et al.'s code
+        they are torch.nn.Linear layers and keep PyTorch's default start,
+        U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases: io_init
+        "pytorch" (the default). io_init "gpt2" starts them like the blocks.
+        The difference matters: with read-in weights of size 0.02 the token of
+        a label y and its position are equally small, so the first layer norm
+        sees little more than sign(y), and training sat on the plateau at the
+        zero predictor's error for thousands of steps (docs/icl.md).
+        """
         rng = backend.host.random.default_rng(seed)
         dtype = backend.resolve_dtype(dtype)
         D, H = self.width, self.width * self.mlp_ratio
@@ -126,9 +144,18 @@ class Transformer:
             return tensor(backend.asarray(backend.host.full(shape, value), dtype=dtype),
                           requires_grad=True)
 
+        def linear(n_out, n_in):
+            if self.io_init == "gpt2":
+                return normal(n_out, n_in), const(0.0, n_out)
+            bound = 1.0 / math.sqrt(n_in)                   # torch.nn.Linear's default
+            return (tensor(backend.asarray(rng.uniform(-bound, bound, size=(n_out, n_in)), dtype=dtype),
+                           requires_grad=True),
+                    tensor(backend.asarray(rng.uniform(-bound, bound, size=(n_out,)), dtype=dtype),
+                           requires_grad=True))
+
         resid = 0.02 / math.sqrt(2 * self.depth)
         p = OrderedDict()
-        p["read_in.w"], p["read_in.b"] = normal(D, self.n_dims), const(0.0, D)
+        p["read_in.w"], p["read_in.b"] = linear(D, self.n_dims)
         if self.positions == "learned":
             p["pos"] = normal(self.max_len, D)
         for i in range(self.depth):
@@ -140,7 +167,7 @@ class Transformer:
             p[b + "mlp.w1"], p[b + "mlp.b1"] = normal(H, D), const(0.0, H)
             p[b + "mlp.w2"], p[b + "mlp.b2"] = normal(D, H, std=resid), const(0.0, D)
         p["ln_f.w"], p["ln_f.b"] = const(1.0, D), const(0.0, D)
-        p["read_out.w"], p["read_out.b"] = normal(self.n_out, D), const(0.0, self.n_out)
+        p["read_out.w"], p["read_out.b"] = linear(self.n_out, D)
         return p
 
     def check_input(self, tokens):

@@ -156,8 +156,13 @@ def test_positions_break_permutation_symmetry():
     params = model.init(5)
     t = np.random.default_rng(11).standard_normal((1, 3, 2))
     swapped = t[:, [1, 0, 2]]
-    # the last output sees both orders of the same set of tokens
-    assert not np.allclose(model(params, t).numpy()[0, 2], model(params, swapped).numpy()[0, 2])
+
+    def last(p, tokens):              # the last output sees both orders of the same set
+        return model(p, tokens).numpy()[0, 2]
+
+    no_pos = dict(params, pos=sm.tensor(np.zeros_like(params["pos"].numpy())))
+    np.testing.assert_allclose(last(no_pos, t), last(no_pos, swapped), rtol=1e-12, atol=1e-14)
+    assert np.abs(last(params, t) - last(params, swapped)).max() > 1e-9
 
 
 # -- bad input --------------------------------------------------------------------
@@ -194,6 +199,24 @@ def test_init_shapes_and_config_round_trip():
     assert all(np.array_equal(params[k].numpy(), again[k].numpy()) for k in params)
     assert "pos" not in tf.Transformer(n_dims=5, width=16, positions="sinusoidal").init(0)
 
+
+
+def test_io_init_pytorch_default_and_gpt2():
+    """Read-in/read-out start as torch.nn.Linear does (Garg et al.'s code), or as GPT-2's blocks."""
+    width, d = 64, 5
+    torch_like = tf.Transformer(n_dims=d, width=width, depth=1, heads=4).init(3)
+    for name, fan_in in (("read_in", d), ("read_out", width)):
+        for part in ("w", "b"):
+            v = torch_like[f"{name}.{part}"].numpy()
+            bound = 1 / math.sqrt(fan_in)
+            assert np.abs(v).max() <= bound and np.abs(v).max() > 0.8 * bound   # U(-b, b) fills it
+    # inside the blocks nothing changes: N(0, 0.02^2), zero biases
+    assert abs(torch_like["block0.attn.w_qkv"].numpy().std() - 0.02) < 0.002
+    gpt2 = tf.Transformer(n_dims=d, width=width, depth=1, heads=4, io_init="gpt2").init(3)
+    assert abs(gpt2["read_in.w"].numpy().std() - 0.02) < 0.005
+    assert not gpt2["read_in.b"].numpy().any() and not gpt2["read_out.b"].numpy().any()
+    with pytest.raises(ValueError, match="io_init"):
+        tf.Transformer(n_dims=d, io_init="xavier")
 
 # -- AdamW, the optimiser the transformer trains with ---------------------------------
 def test_adamw_first_step_closed_form():

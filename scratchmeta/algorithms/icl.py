@@ -189,8 +189,10 @@ def make_sampler(config, split, seed):
 def default_config(task_name="linreg"):
     """CPU-sized defaults: d = 5, 15 points a prompt (k = 0..14), width 32, 3 layers, float32.
 
-    Chosen by a sweep (docs/icl.md): wider or deeper models sat longer on
-    the plateau at the trivial error 1 within the same few thousand steps.
+    The read-in and read-out start as torch.nn.Linear layers, as in Garg et
+    al.'s code (Transformer io_init "pytorch"); with GPT-2's N(0, 0.02^2)
+    there, training sat on the plateau at the zero predictor's error for
+    thousands of steps (docs/icl.md, "What made it train").
     """
     if task_name != "linreg":
         raise ValueError(f"icl: no defaults for task {task_name!r} (only 'linreg')")
