@@ -25,6 +25,7 @@ import math
 from . import backend
 from . import functional as F
 from .backend import xp
+from .nn import _uniform
 from .tensor import Tensor, as_tensor, tensor
 
 MASKED = -1e9     # the score given to a masked (future) position: exp(-1e9 - m) == 0
@@ -147,11 +148,8 @@ class Transformer:
         def linear(n_out, n_in):
             if self.io_init == "gpt2":
                 return normal(n_out, n_in), const(0.0, n_out)
-            bound = 1.0 / math.sqrt(n_in)                   # torch.nn.Linear's default
-            return (tensor(backend.asarray(rng.uniform(-bound, bound, size=(n_out, n_in)), dtype=dtype),
-                           requires_grad=True),
-                    tensor(backend.asarray(rng.uniform(-bound, bound, size=(n_out,)), dtype=dtype),
-                           requires_grad=True))
+            bound = 1.0 / math.sqrt(n_in)                   # torch.nn.Linear's default, as nn.MLP
+            return _uniform(rng, bound, (n_out, n_in), dtype), _uniform(rng, bound, (n_out,), dtype)
 
         resid = 0.02 / math.sqrt(2 * self.depth)
         p = OrderedDict()
