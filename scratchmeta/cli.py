@@ -95,6 +95,9 @@ def build_parser():
     t.add_argument("--first-order", action="store_true", help="drop the Hessian term (MAML only)")
     t.add_argument("--init", choices=("pytorch", "maml"),
                    help="MLP initialisation: PyTorch's default (uniform) or MAML's reference code's")
+    t.add_argument("--width", type=_int_at_least(1), help="transformer width D (icl)")
+    t.add_argument("--depth", type=_int_at_least(1), help="transformer blocks (icl)")
+    t.add_argument("--heads", type=_int_at_least(1), help="attention heads; must divide the width (icl)")
     t.add_argument("--train-ways", type=_int_at_least(2),
                    help="ways at training time (ProtoNets' trick: more ways than at test)")
     t.add_argument("--eval-every", type=_int_at_least(0), help="steps between held-out evaluations (0: never)")
@@ -171,6 +174,9 @@ def cmd_train(parser, args):
                       "images_background/ and images_evaluation/ (Omniglot is never downloaded)")
     if args.first_order and args.algorithm != "maml":
         _fail(parser, "--first-order applies to maml only (fomaml is maml --first-order)")
+    size = {k: getattr(args, k) for k in ("width", "depth", "heads") if getattr(args, k)}
+    if size and args.algorithm != "icl":
+        _fail(parser, f"--{'/--'.join(size)} applies to the transformer (scratchmeta train icl)")
     algo = {}
     if args.inner_lr is not None:
         algo["inner_lr"] = args.inner_lr
@@ -183,7 +189,7 @@ def cmd_train(parser, args):
     try:
         overrides = {"task": task_overrides(task, args.shots, args.ways, args.queries,
                                             args.data_root, args.noise_std),
-                     "algo": algo, "model": {"init": args.init} if args.init else {},
+                     "algo": algo, "model": dict({"init": args.init} if args.init else {}, **size),
                      "optimizer": {"lr": args.lr} if args.lr else {},
                      "steps": args.steps, "meta_batch": args.meta_batch, "seed": args.seed,
                      "eval_every": args.eval_every, "eval_tasks": args.eval_tasks,

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from scratchmeta import cli, runs
+from scratchmeta import cli, runs, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--steps", "6", "--meta-batch", "3", "--eval-every", "3", "--eval-tasks", "20",
@@ -38,6 +38,9 @@ def run_cli(*argv):
     (["train", "icl", "--noise-std", "nan", "--out", "x"], "must be a finite number >= 0"),
     (["train", "icl", "--noise-std", "lots", "--out", "x"], "expected a number, got 'lots'"),
     (["train", "maml", "--noise-std", "0.5", "--out", "x"], "applies to the linreg task"),
+    (["train", "maml", "--width", "64", "--out", "x"], "--width applies to the transformer"),
+    (["train", "icl", "--width", "30", "--heads", "4", "--out", "x"], "width 30 is not divisible by 4 heads"),
+    (["train", "icl", "--depth", "0", "--out", "x"], "must be at least 1, got 0"),
     (["eval", "x", "--noise-std", "-1"], "must be a finite number >= 0"),
     (["eval", "/nonexistent/run"], "not a directory"),
     (["train", "--resume", "/nonexistent/run"], "not a run directory"),
@@ -145,6 +148,16 @@ def test_icl_on_noisy_prompts_trains_and_evaluates_against_label_and_clean_targe
     with pytest.raises(SystemExit) as exit_info:
         run_cli("eval", out, "--noise-std", "-2")
     assert exit_info.value.code == 2
+
+
+def test_transformer_size_flags_reach_the_model(tmp_path):
+    out = str(tmp_path / "icl")
+    assert run_cli("train", "icl", "--width", "16", "--depth", "2", "--heads", "2", "--steps", "1",
+                   "--meta-batch", "2", "--eval-every", "0", "--no-progress", "--out", out) == 0
+    config = json.loads((tmp_path / "icl" / "config.json").read_text())
+    assert {k: config["model"][k] for k in ("width", "depth", "heads")} == {"width": 16, "depth": 2, "heads": 2}
+    _, learner, theta, _ = train.load_run(out)
+    assert theta["read_in.w"].shape == (16, 5) and "block1.ln1.w" in theta and "block2.ln1.w" not in theta
 
 
 def test_noise_flag_on_a_run_of_another_task_exits_2(tmp_path, capsys):
