@@ -18,9 +18,10 @@ The VJP, with n the number of values each mean is taken over and g = dL/dy:
 
 It is written twice. In Tensor operations (`_vjp_differentiable`), which is
 what a recorded backward pass (create_graph=True: MAML's inner step) uses, so
-that it can be differentiated again. And on raw arrays (`_vjp_arrays`), which a
-plain backward pass uses, since nothing will differentiate it: the same
-formula, fewer passes over memory. tests/test_functional.py checks both, the
+that it can be differentiated again. And on raw arrays (`_vjp_arrays`, and
+`_vjp_arrays_affine` for layer norm's per-feature gains), which a plain
+backward pass uses, since nothing will differentiate it: the same formula,
+fewer passes over memory. tests/test_functional.py checks both, the
 first to third order.
 """
 import math
@@ -93,9 +94,10 @@ def _per_group(p, ndim, axes):
 
 @batch_norm.vjp
 def _batch_norm_vjp(g, out, x, w, b, axes, eps=1e-5, saved=None):
-    if (is_grad_enabled() or out.shape != x.shape
-            or not (_per_group(w, x.ndim, axes) and _per_group(b, x.ndim, axes))):
+    if is_grad_enabled() or out.shape != x.shape:
         return _vjp_differentiable(g, x, w, b, axes, eps)
+    if not (_per_group(w, x.ndim, axes) and _per_group(b, x.ndim, axes)):
+        return _vjp_arrays_affine(g, x, w, b, axes, saved["mean"], saved["inv_std"])
     return _vjp_arrays(g, x, w, b, axes, saved["mean"], saved["inv_std"])
 
 
@@ -138,6 +140,32 @@ def _vjp_arrays(g, x, w, b, axes, mean, inv_std):
         gx = Tensor(gx)
     gw = unbroadcast(Tensor(sum_g_xhat), w.shape) if w.requires_grad else None
     gb = unbroadcast(Tensor(sum_g), b.shape) if b.requires_grad else None
+    return gx, gw, gb
+
+
+def _vjp_arrays_affine(g, x, w, b, axes, mean, inv_std):
+    """The raw-array VJP where w or b vary along the statistics' axes (layer
+    norm: one gain per feature, statistics over the features). The textbook
+    form with gxhat = g * w, reusing the forward's mu and 1/sigma:
+
+        dL/dx = (gxhat - mean(gxhat) - xhat * mean(gxhat * xhat)) / sigma
+        dL/dw = sum(g * xhat),   dL/db = sum(g)   (over the axes w, b lack)"""
+    n = _count(x.shape, axes)
+    ga = xp.ascontiguousarray(g.data)
+    xhat = x.data - mean
+    xhat *= inv_std
+    gx = gw = gb = None
+    if x.requires_grad:
+        gxhat = ga * w.data
+        gx = gxhat - gxhat.sum(axis=axes, keepdims=True) / n
+        gx -= xhat * (_sum_product(gxhat, xhat, axes) / n)
+        gx *= inv_std
+        gx = Tensor(gx)
+    if w.requires_grad:
+        xhat *= ga                                                  # g * xhat, in place
+        gw = unbroadcast(Tensor(xhat), w.shape)
+    if b.requires_grad:
+        gb = unbroadcast(Tensor(ga), b.shape)
     return gx, gw, gb
 
 

@@ -52,6 +52,24 @@ def test_batch_norm_array_vjp_equals_the_differentiable_one(layout):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("param_shape", [(7,), (2, 1, 7)])
+def test_layer_norm_array_vjp_equals_the_differentiable_one(param_shape):
+    """Layer norm's gains vary along its statistics' axis: the raw-array VJP for
+    that case (_vjp_arrays_affine) against the Tensor-op one, with shared and
+    per-task (batched) parameters."""
+    rng = np.random.default_rng(3)
+    xs = _tensors(rng, (2, 5, 7), param_shape, param_shape)
+    u = sm.tensor(device([rng.standard_normal((2, 5, 7))])[0])
+
+    def loss(x, w, b):
+        return (F.layer_norm(x * 3.0 + 1.5, w, b) * u).sum()
+
+    fast = _grads(loss, xs, create_graph=False)
+    recorded = _grads(loss, xs, create_graph=True)
+    for a, b in zip(fast, recorded):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
 def test_batch_norm_matches_the_textbook_formula():
     rng = np.random.default_rng(1)
     x, w, b = rng.standard_normal((3, 4, 6, 2, 2)), rng.standard_normal((3, 4)), rng.standard_normal((3, 4))
