@@ -55,10 +55,21 @@ def log_softmax(x, axis=-1):
     return x - logsumexp(x, axis=axis, keepdims=True)
 
 
-def softmax(x, axis=-1):
+def softmax(x, axis=-1, mask=None):
     """exp(x_i - m) / sum_j exp(x_j - m) with m the max: one primitive
-    (activations.py), whose VJP is s * (g - sum(g * s))."""
-    return ops.softmax(_t(x), axis=axis)
+    (activations.py), whose VJP is s * (g - sum(g * s)).
+
+    mask: None, or a boolean array broadcastable to x; where it is False the
+    probability is 0 and x is ignored (no gradient reaches it). Every slice
+    along `axis` needs at least one True.
+    """
+    x = _t(x)
+    if mask is not None:
+        mask = xp.asarray(mask, dtype=bool)
+        if len(mask.shape) > x.ndim or any(m not in (1, n) for m, n in zip(mask.shape[::-1], x.shape[::-1])):
+            raise ValueError(f"softmax: mask of shape {mask.shape} does not broadcast to "
+                             f"the input's {x.shape}")
+    return ops.softmax(x, axis=axis, mask=mask)
 
 
 def _labels(labels):

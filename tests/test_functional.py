@@ -348,6 +348,26 @@ def test_shift_by_1e4_is_checked_to_second_order(name):
     assert sm.check_grads(spec.bind(kw), device([arrays[0] + 1e4]), order=2, name=name)
 
 
+def test_masked_softmax_is_the_softmax_of_the_kept_entries():
+    """F.softmax(x, mask=m): probability 0 where m is False, the softmax of the
+    rest elsewhere; no derivative of any order reaches a masked entry."""
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((2, 4, 4))
+    mask = np.tril(np.ones((4, 4), bool))                       # broadcast over the batch
+    s = F.softmax(sm.tensor(x), axis=-1, mask=mask).numpy()
+    e = np.where(mask, np.exp(x - x.max(-1, keepdims=True)), 0.0)
+    np.testing.assert_allclose(s, e / e.sum(-1, keepdims=True), rtol=1e-12)
+    xt = sm.tensor(x, requires_grad=True)
+    u = sm.tensor(rng.standard_normal(x.shape))
+    (g,) = sm.grad((F.softmax(xt, axis=-1, mask=mask) * u).sum() ** 2, xt, create_graph=True)
+    (gg,) = sm.grad((g * u).sum(), xt)
+    assert not g.numpy()[:, ~mask].any() and not gg.numpy()[:, ~mask].any()
+    assert np.abs(g.numpy()[:, 1:][:, mask[1:]]).min() > 0     # row 0 keeps one entry: s = 1 there
+    sm.check_grads(lambda t: F.softmax(t, axis=-1, mask=mask), (x,), order=2)
+    with pytest.raises(ValueError, match=r"mask of shape \(3, 4\)"):
+        F.softmax(sm.tensor(x), mask=np.ones((3, 4), bool))
+
+
 @pytest.mark.filterwarnings("ignore:divide by zero encountered in log:RuntimeWarning")   # log(0) = -inf is the answer
 def test_logsumexp_all_minus_infinity_row_stays_minus_infinity():
     x = sm.tensor([[-np.inf, -np.inf], [0.0, 0.0]])
