@@ -27,8 +27,7 @@ from . import functional as F
 from .backend import xp
 from .nn import _uniform
 from .tensor import as_tensor, tensor
-
-from .activations import MASKED  # noqa: F401  (the score a masked position gets)
+from .activations import MASKED  # noqa: F401  (re-exported: the score a masked key gets)
 
 
 def causal_mask(length):
