@@ -66,7 +66,7 @@ def softmax(x, axis=-1, mask=None):
     x = _t(x)
     if mask is not None:
         mask = xp.asarray(mask, dtype=bool)
-        if len(mask.shape) > x.ndim or any(m not in (1, n) for m, n in zip(mask.shape[::-1], x.shape[::-1])):
+        if not ops.fits(mask.shape, x.shape):
             raise ValueError(f"softmax: mask of shape {mask.shape} does not broadcast to "
                              f"the input's {x.shape}")
     return ops.softmax(x, axis=axis, mask=mask)

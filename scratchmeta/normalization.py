@@ -27,18 +27,13 @@ first to third order.
 import math
 
 from .backend import xp
-from .ops import unbroadcast
+from .ops import fits, unbroadcast
 from .tensor import Saved, Tensor, enable_grad, grad, is_grad_enabled, primitive
 
 
 def _count(shape, axes):
     """How many values each mean is taken over."""
     return math.prod(shape[a] for a in axes)
-
-
-def _fits(shape, into):
-    """Whether an array of `shape` broadcasts into `into` without enlarging it."""
-    return len(shape) <= len(into) and all(s in (1, d) for s, d in zip(shape[::-1], into[::-1]))
 
 
 def _sum_product(a, b, axes):
@@ -73,7 +68,7 @@ def batch_norm(x, w, b, axes, eps=1e-5):
         var = _sum_product(centred, centred, axes) / n
     inv_std = 1 / xp.sqrt(var + eps)
     scale = w * inv_std
-    if not (_fits(scale.shape, x.shape) and _fits(b.shape, x.shape)):
+    if not (fits(scale.shape, x.shape) and fits(b.shape, x.shape)):
         y = (x - mean) * scale + b               # parameters carry axes x lacks
     elif centred is None:
         y = x * scale                            # y = x * w/sigma + (b - mean * w/sigma)

@@ -16,6 +16,11 @@ from .backend import xp
 from .tensor import Tensor, primitive
 
 
+def fits(shape, into):
+    """Whether an array of `shape` broadcasts into `into` without enlarging it."""
+    return len(shape) <= len(into) and all(s in (1, d) for s, d in zip(shape[::-1], into[::-1]))
+
+
 def unbroadcast(g, shape):
     """Sum `g` back to `shape` over the axes broadcasting added or stretched.
 
