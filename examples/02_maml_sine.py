@@ -22,7 +22,7 @@ import numpy as np
 
 import scratchmeta as sm
 from scratchmeta import nn, train
-from scratchmeta.algorithms import maml, pretrained
+from scratchmeta.algorithms import common, maml, pretrained
 from scratchmeta.optim import Adam
 from scratchmeta.tasks.regression import Sinusoid
 
@@ -34,7 +34,7 @@ def adapted_curves(model, theta, task, alpha, steps, grid):
     batch = dict(task, query_x=grid, query_y=grid * 0)
     curves = {}
     with sm.enable_grad():
-        phi = nn.batched(maml._fresh(theta), 1)
+        phi = nn.batched(common.fresh(theta), 1)
 
         def support_loss(p):
             return maml.task_losses(model(p, task["support_x"]), task["support_y"]).sum()

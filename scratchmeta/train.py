@@ -9,12 +9,11 @@ holds (config, metrics, atomic checkpoints) and `resume=True` to continue one.
 Evaluation follows the papers: many held-out tasks, mean with a 95%
 confidence interval (1.96 standard errors).
 """
-import copy
 import importlib
 import math
 import os
 
-from . import backend, runs
+from . import backend, recipes, runs
 from .algorithms import ALGORITHMS, make_learner
 from .optim import make_optimizer
 
@@ -171,9 +170,9 @@ def make_sampler(config, split, seed=None):
 
 
 def build_config(algorithm, task, overrides=None):
-    """The default config of `algorithm` on `task`, with `overrides` merged in (dicts deeply)."""
-    module = algorithm_module(algorithm)
-    config = copy.deepcopy(module.default_config(task))
+    """The recipe of `algorithm` on `task` (scratchmeta.recipes), with `overrides` merged in (dicts deeply)."""
+    algorithm_module(algorithm)                                # an unknown algorithm: a clear error
+    config = recipes.recipe(algorithm, task)
     config["algorithm"] = algorithm
     config.setdefault("task", {})["name"] = task
     config.setdefault("seed", 0)

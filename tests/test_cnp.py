@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import scratchmeta as sm
+from scratchmeta.train import build_config
 from scratchmeta.algorithms import cnp, make_learner
 from scratchmeta.optim import Adam
 from scratchmeta.tasks.regression import Sinusoid
@@ -36,7 +37,7 @@ def test_gaussian_nll_closed_form_and_grads():
 
 
 def _learner(**kw):
-    cfg = cnp.default_config("sinusoid")
+    cfg = build_config("cnp", "sinusoid")
     cfg["model"].update(r_dim=8, encoder=[16], decoder=[16])
     cfg["algo"].update(kw)
     return make_learner(cfg)
@@ -98,7 +99,7 @@ def test_evaluate_per_task_mse_and_nll():
 
 
 def test_training_lowers_the_query_mse():
-    cfg = cnp.default_config("sinusoid")
+    cfg = build_config("cnp", "sinusoid")
     cfg["model"].update(r_dim=32, encoder=[32, 32], decoder=[32, 32])
     learner = make_learner(cfg)
     theta = learner.init(0)
@@ -122,8 +123,8 @@ def test_bad_batches_raise_clear_errors():
         learner.evaluate(theta, dict(b, query_x=np.zeros((2, 2, 2))))
     with pytest.raises(ValueError, match=r"expected x \(T, n, x_dim\)"):
         learner.meta_step(theta, dict(b, support_y=b["support_y"][:, :2]))
-    with pytest.raises(ValueError, match="only 'sinusoid'"):
-        cnp.default_config("glyphs")
+    with pytest.raises(ValueError, match=r"no default config for task 'glyphs'; choose one of \['sinusoid'\]"):
+        build_config("cnp", "glyphs")
 
 
 def test_example_08_smoke():

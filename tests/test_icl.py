@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 import scratchmeta as sm
+from scratchmeta.train import build_config
 from scratchmeta.algorithms import icl, make_learner
 from scratchmeta.algorithms import icl_baselines as B
 from scratchmeta.optim import Adam
@@ -164,7 +165,7 @@ def test_tuned_ridge_prefers_the_noise_level():
 
 # -- the learner -----------------------------------------------------------------------
 def _tiny_config(d=2, n=4, **task):
-    cfg = icl.default_config("linreg")
+    cfg = build_config("icl", "linreg")
     cfg["task"].update(n_dims=d, n_points=n, curriculum=None, **task)
     cfg["model"].update(width=8, depth=1, heads=2)
     cfg["algo"]["tune_prompts"] = 200
@@ -262,12 +263,12 @@ def test_meta_steps_fit_a_fixed_batch_of_prompts():
 
 
 def test_make_sampler_splits():
-    cfg = icl.default_config("linreg")
+    cfg = build_config("icl", "linreg")
     train, test = icl.make_sampler(cfg, "train", 0), icl.make_sampler(cfg, "test", 0)
     assert train.curriculum is not None and test.curriculum is None
     assert train.sample(2)["x"].shape[1] < test.sample(2)["x"].shape[1] == cfg["task"]["n_points"]
-    with pytest.raises(ValueError, match="only 'linreg'"):
-        icl.default_config("sinusoid")
+    with pytest.raises(ValueError, match=r"no default config for task 'sinusoid'; choose one of \['linreg'\]"):
+        build_config("icl", "sinusoid")
 
 
 # -- bad input -------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import pytest
 from helpers import load_example
 
 import scratchmeta as sm
+from scratchmeta.train import build_config
 from scratchmeta import backend, nn
 from scratchmeta import functional as F
 from scratchmeta.algorithms import make_learner
@@ -267,17 +268,17 @@ def test_fomaml_differs_from_maml_on_a_curved_loss():
 
 # -- the learner --------------------------------------------------------------------
 def test_make_learner_names_maml_and_fomaml():
-    cfg = M.default_config("sinusoid")
+    cfg = build_config("maml", "sinusoid")
     cfg["algorithm"] = "maml"
     assert make_learner(cfg).first_order is False
     cfg["algorithm"] = "fomaml"
     learner = make_learner(cfg)
     assert learner.first_order is True and learner.name == "fomaml"
     assert cfg["algo"]["inner_lr"] == 0.01 and cfg["meta_batch"] == 25
-    c = M.default_config("glyphs")
+    c = build_config("maml", "glyphs")
     assert c["algo"]["inner_lr"] == 0.4 and c["model"]["n_classes"] == c["task"]["n_way"]
     with pytest.raises(ValueError, match="no default config"):
-        M.default_config("imagenet")
+        build_config("maml", "imagenet")
 
 
 def test_meta_step_returns_the_meta_gradient():
@@ -410,9 +411,128 @@ def test_example_05_hessian_term_smoke(tmp_path):
 
 
 def test_eval_hook_reports_the_pretrained_baseline():
-    cfg = M.default_config("sinusoid")
+    cfg = build_config("maml", "sinusoid")
     cfg.update(algorithm="maml", steps=10, meta_batch=5, seed=0)
     learner = make_learner(cfg)
     out = M.extra_baselines(cfg, learner, Sinusoid(seed=3), n_tasks=30, batch_size=10)
     assert out["baseline/pretrained"]["tasks"] == 30 and np.isfinite(out["baseline/pretrained"]["mean"])
     assert M.extra_baselines(cfg, learner, Sinusoid(seed=3), baselines=False) == {}
+
+
+# -- one routine, one meaning ----------------------------------------------------------------
+def test_maml_metasgd_anil_step_through_the_one_meta_gradient_routine(monkeypatch):
+    """MAML, FOMAML, Meta-SGD and ANIL meta_step all call meta_loss_and_gradient, whose
+    backward pass frees the graph as it goes (retain_graph=False)."""
+    from scratchmeta.algorithms import anil, metasgd
+    calls, retain = [], []
+    real_routine, real_grad = M.meta_loss_and_gradient, M.grad
+
+    def spy_routine(*args, **kw):
+        calls.append(kw["who"])
+        return real_routine(*args, **kw)
+
+    def spy_grad(*args, **kw):
+        retain.append(kw.get("retain_graph"))
+        return real_grad(*args, **kw)
+    monkeypatch.setattr(M, "meta_loss_and_gradient", spy_routine)
+    monkeypatch.setattr(M, "grad", spy_grad)
+    model = nn.MLP((1, 6, 1))
+    batch = regression_batch(T=2, K=3, Q=3)
+    learners = [M.MAML(model), M.MAML(model, first_order=True), metasgd.MetaSGD(model),
+                anil.ANIL(model)]
+    for learner in learners:
+        learner.meta_step(learner.init(0), batch)
+    assert calls == ["maml", "fomaml", "metasgd", "anil"]
+    assert retain == [False] * 4
+
+
+def test_maml_meta_step_equals_meta_gradient():
+    model = nn.MLP((1, 6, 1))
+    batch = regression_batch(T=3, K=4, Q=4)
+    learner = M.MAML(model, inner_lr=0.1, inner_steps=2)
+    theta = learner.init(0)
+    _, grads, _ = learner.meta_step(theta, batch)
+    np.testing.assert_array_equal(flat(grads), flat(M.meta_gradient(model, theta, batch, 0.1, 2)))
+
+
+def test_accuracy_counts_a_tie_for_the_top_as_wrong():
+    """The one tie rule (common.accuracy): right only when the true class is strictly highest."""
+    from scratchmeta.algorithms import common, inner_loop, matching, protonet
+    scores = arr([[[2.0, 1.0, 0.0],      # true 0, strictly highest: right
+                   [1.0, 1.0, 0.0],      # true 0, tied with class 1: wrong
+                   [0.0, 0.0, 0.0],      # all equal: wrong
+                   [0.0, 3.0, 3.0]]])    # true 2, tied with class 1: wrong
+    labels = arr([[0, 0, 1, 2]], np.int64)
+    assert host(common.accuracy(scores, labels)).tolist() == [0.25]
+    # ProtoNets, Matching Nets and the MAML family score with this one function
+    assert protonet.accuracy is common.accuracy and protonet.one_hot is common.one_hot
+    assert matching.one_hot is common.one_hot
+
+    def zero_head(p, x):                                     # (T, n, 1, 8, 8) -> (T, n, 3) zeros
+        return x.sum(axis=(-1, -2, -3)).reshape(x.shape[:2] + (1,)) * p["w"].reshape((-1, 1, 3))
+    theta = OrderedDict(w=sm.tensor(arr(np.zeros(3)), requires_grad=True))
+    out = inner_loop.evaluate_adapted(zero_head, theta, image_batch(), 0.0, 0, "cross_entropy")
+    assert host(out["accuracy"]).tolist() == [0.0, 0.0]     # a zero head ties everywhere
+
+
+def test_pretrained_baseline_is_scored_by_train_evaluate(monkeypatch):
+    from scratchmeta import train
+    seen = []
+    real = train.evaluate
+
+    def spy(learner, theta, sampler, **kw):
+        seen.append(type(learner).__name__)
+        return real(learner, theta, sampler, **kw)
+    monkeypatch.setattr(train, "evaluate", spy)
+    model = nn.MLP((1, 8, 1))
+    out = P.baseline_report(model, model.init(0), Sinusoid(seed=2), n_tasks=12, batch_size=12,
+                            alpha=0.01, steps=2)
+    assert seen == ["FineTuned"] and out["tasks"] == 12
+    values = P.finetune_evaluate(model, model.init(0), Sinusoid(seed=2).sample(12), 0.01, 2)["mse"]
+    mean, ci = train.mean_ci95(host(values))
+    assert out["mean"] == pytest.approx(mean) and out["ci95"] == pytest.approx(ci)
+
+
+def test_every_recipe_builds_its_learner():
+    from scratchmeta import recipes
+    for (algorithm, task) in recipes.RECIPES:
+        if algorithm == "toy":
+            continue
+        config = build_config(algorithm, task)
+        assert config["algorithm"] == algorithm and config["task"]["name"] == task
+        assert make_learner(config).name == algorithm
+    # the values the papers give, read back from the table
+    assert build_config("maml", "sinusoid")["algo"]["inner_lr"] == 0.01
+    assert build_config("fomaml", "glyphs")["algo"]["first_order"] is True
+    assert build_config("reptile", "sinusoid")["optimizer"] == {"name": "sgd", "lr": 1.0}
+    with pytest.raises(ValueError, match="no recipe for algorithm"):
+        recipes.recipe("sgd", "sinusoid")
+
+
+def test_algorithm_modules_are_short_and_import_without_a_circle():
+    """Each algorithm module at most 300 lines; their imports inside the package form no circle."""
+    import ast
+    import os
+    import scratchmeta
+    root = os.path.dirname(scratchmeta.__file__)
+    folder = os.path.join(root, "algorithms")
+    graph = {}
+    for name in sorted(os.listdir(folder)):
+        if not name.endswith(".py"):
+            continue
+        text = open(os.path.join(folder, name)).read()
+        assert text.count("\n") <= 300, f"algorithms/{name} has {text.count(chr(10))} lines"
+        targets = set()
+        for node in ast.parse(text).body:               # module-level imports only
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                if node.module:
+                    targets.add(node.module.split(".")[0])
+                else:
+                    targets.update(a.name for a in node.names)
+        graph[name[:-3]] = targets & {n[:-3] for n in os.listdir(folder)}
+
+    def reaches(start, goal, seen=()):
+        return any(t == goal or (t not in seen and reaches(t, goal, seen + (t,)))
+                   for t in graph.get(start, ()))
+    circles = [m for m in graph if reaches(m, m)]
+    assert not circles, f"import circle through {circles}: {graph}"

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import scratchmeta as sm
+from scratchmeta.train import build_config
 from scratchmeta import nn
 from scratchmeta.algorithms import make_learner
 from scratchmeta.algorithms import matching as MN
@@ -118,7 +119,7 @@ def test_learner_meta_step_and_evaluate():
 
 
 def test_registry_defaults_and_errors():
-    config = MN.default_config("glyphs")
+    config = build_config("matching", "glyphs")
     assert config["algorithm"] == "matching" and "distance" not in config["algo"]
     learner = make_learner(config)
     assert isinstance(learner, MN.MatchingNet) and learner.name == "matching"

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import scratchmeta as sm
+from scratchmeta.train import build_config
 from scratchmeta import backend, nn
 from scratchmeta.algorithms import make_learner
 from scratchmeta.algorithms import anil as A
@@ -74,13 +75,13 @@ def test_metasgd_meta_gradient_matches_finite_differences():
 
     def fn(*values):
         p = OrderedDict(zip(names, values))
-        theta, lrs = learner.rates(p)
+        theta, lrs = learner.inner_rates(p)
         return M.meta_objective(model, theta, batch, lrs, 2)
     assert sm.gradcheck(fn, list(params.values()), atol=1e-8, rtol=1e-5)
 
 
 def test_metasgd_config_and_evaluate():
-    cfg = S.default_config("sinusoid")
+    cfg = build_config("metasgd", "sinusoid")
     cfg["algorithm"] = "metasgd"
     learner = make_learner(cfg)
     assert learner.learn_lr and learner.name == "metasgd"
@@ -130,7 +131,7 @@ def test_anil_equals_maml_when_only_the_head_has_parameters():
 
 
 def test_anil_config_and_bad_model():
-    cfg = A.default_config("sinusoid")
+    cfg = build_config("anil", "sinusoid")
     cfg["algorithm"] = "anil"
     learner = make_learner(cfg)
     assert learner.adapt_names == ("w2", "b2")

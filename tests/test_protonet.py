@@ -12,6 +12,7 @@ import pytest
 from helpers import load_example
 
 import scratchmeta as sm
+from scratchmeta.train import build_config
 from scratchmeta import backend, nn
 from scratchmeta.algorithms import make_learner
 from scratchmeta.algorithms import protonet as P
@@ -304,12 +305,12 @@ def test_training_lowers_the_loss_and_train_ways_differ_from_test_ways():
 # -- configuration and errors ---------------------------------------------------------------------
 def test_registry_and_default_configs():
     for task in ("glyphs", "digits", "omniglot"):
-        config = P.default_config(task)
+        config = build_config("protonet", task)
         assert config["task"]["n_way"] == 5 and config["model"]["hidden"] == 64
         learner = make_learner(config)
         assert isinstance(learner, P.ProtoNet) and learner.metric == "accuracy"
-    assert P.default_config("omniglot")["algo"]["train_ways"] == 60       # Snell et al.
-    learner = make_learner(dict(P.default_config("glyphs"), algo={"distance": "cosine"}))
+    assert build_config("protonet", "omniglot")["algo"]["train_ways"] == 60       # Snell et al.
+    learner = make_learner(dict(build_config("protonet", "glyphs"), algo={"distance": "cosine"}))
     assert learner.distance == "cosine" and learner.config()["algo"]["distance"] == "cosine"
 
 
@@ -331,15 +332,17 @@ def test_errors_name_what_is_wrong():
         P.ProtoNet(nn.Conv4(image_size=16, blocks=2), train_ways=1)
     with pytest.raises(ValueError, match="unknown algo keys"):
         P.make_learner({"model": {"model": "conv4"}, "algo": {"inner_lr": 0.1}})
-    with pytest.raises(ValueError, match="no defaults for task"):
-        P.default_config("sinusoid")
+    with pytest.raises(ValueError, match="no default config for task"):
+        build_config("protonet", "sinusoid")
     learner = tiny_learner()
     theta = learner.init(0)
     batch = image_batch()
     with pytest.raises(ValueError, match="lacks"):
         learner.meta_step(theta, {k: v for k, v in batch.items() if k != "query_y"})
-    with pytest.raises(ValueError, match="expected support_x"):
+    with pytest.raises(ValueError, match="tasks and points must match"):
         learner.meta_step(theta, dict(batch, support_y=batch["support_y"][:, :3]))
+    with pytest.raises(ValueError, match="expected support_x"):
+        learner.meta_step(theta, dict(batch, support_y=batch["support_y"][..., None]))
     with pytest.raises(ValueError, match="unknown options"):
         learner.evaluate(theta, batch, inner_steps=3)
 

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import scratchmeta as sm
+from scratchmeta.train import build_config
 from scratchmeta import backend, nn
 from scratchmeta.algorithms import make_learner
 from scratchmeta.algorithms import maml as M
@@ -129,7 +130,7 @@ def test_sgd_outer_step_is_algorithm_2():
 
 
 def test_reptile_learner_config_evaluate_and_training():
-    cfg = R.default_config("sinusoid")
+    cfg = build_config("reptile", "sinusoid")
     cfg["algorithm"] = "reptile"
     learner = make_learner(cfg)
     assert learner.inner_steps == 5 and cfg["optimizer"]["name"] == "sgd"
@@ -168,3 +169,27 @@ def test_example_04_reptile_vs_fomaml_smoke():
     out = module.main(steps=5, n_tasks=20)
     assert set(out) == {"MAML", "FOMAML", "Reptile"}
     assert all(r["mse_step10"]["tasks"] == 20 for r in out.values())
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_batched_direction_equals_the_per_task_loop(steps):
+    """Algorithm 2 one task at a time (the paper's loop) == all tasks at once."""
+    model = nn.MLP((1, 8, 8, 1))
+    theta = model.init(2)
+    batch = Sinusoid(k_support=5, k_query=5, seed=4).sample(4)
+    loop = R.reptile_direction_loop(model, theta, batch, 0.05, steps)
+    batched, _ = R.reptile_direction(model, theta, batch, 0.05, steps)
+    for k in theta:
+        np.testing.assert_allclose(host(batched[k]), host(loop[k]), rtol=1e-12, atol=1e-14)
+
+
+def test_reptile_predict_adapted_is_its_own_method():
+    """Reptile has its own predict_adapted (no method borrowed by assignment)."""
+    from scratchmeta.algorithms.inner_loop import AdaptingLearner
+    assert issubclass(R.Reptile, AdaptingLearner) and not issubclass(R.Reptile, M.MAML)
+    assert R.Reptile.predict_adapted.__qualname__ == "AdaptingLearner.predict_adapted"
+    model = nn.MLP((1, 8, 1))
+    learner = R.Reptile(model, inner_lr=0.05, inner_steps=2)
+    batch = Sinusoid(k_support=5, k_query=5, seed=4).sample(2)
+    out = learner.predict_adapted(learner.init(0), batch, batch["query_x"], steps=3)
+    assert out.shape == batch["query_y"].shape

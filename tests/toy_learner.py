@@ -7,7 +7,7 @@ falls and its parameters depend on every sampled batch.
 from collections import OrderedDict
 
 import scratchmeta as sm
-from scratchmeta import backend
+from scratchmeta import backend, recipes
 from scratchmeta.algorithms.base import MetaLearner
 from scratchmeta.tasks.regression import FunctionTasks
 
@@ -63,6 +63,8 @@ def make_sampler(config, split, seed):
                          seed=seed if split == "train" else seed + 99)
 
 
-def default_config(task):
-    return {"task": {"name": task}, "model": {}, "algo": {}, "optimizer": {"name": "adam", "lr": 0.05},
-            "steps": 40, "meta_batch": 8, "eval_every": 10, "eval_tasks": 50, "checkpoint_every": 5}
+# the toy's recipe, registered in the one table train.build_config reads
+recipes.RECIPES[("toy", "lines")] = {
+    "task": {"name": "lines"}, "model": {}, "algo": {},
+    "optimizer": {"name": "adam", "lr": 0.05},       # large: the toy converges in 40 steps
+    "steps": 40, "meta_batch": 8, "eval_every": 10, "eval_tasks": 50, "checkpoint_every": 5}

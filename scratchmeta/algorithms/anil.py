@@ -11,7 +11,8 @@ meta-gradient, through the features it feeds the head (and, second order,
 through the head's inner gradient). Same code as MAML with
 names = model.head_names() in inner_update.
 """
-from .maml import MAML, model_and_loss, base_config
+from .inner_loop import make_adapting_learner
+from .maml import MAML
 
 
 class ANIL(MAML):
@@ -22,19 +23,10 @@ class ANIL(MAML):
     def __init__(self, model, inner_lr=0.01, inner_steps=1, first_order=False, loss="mse",
                  eval_inner_steps=None):
         super().__init__(model, inner_lr, inner_steps, first_order, loss, eval_inner_steps)
-        self.name = "anil"
         self.adapt_names = tuple(model.head_names())
         if not self.adapt_names:
             raise ValueError("anil: the model has no head to adapt (Conv4 needs n_classes)")
 
 
 def make_learner(config):
-    model, loss = model_and_loss(config)
-    algo = dict(config.get("algo", {}))
-    return ANIL(model, loss=algo.pop("loss", loss), **algo)
-
-
-def default_config(task_name):
-    cfg = base_config(task_name)
-    cfg["algo"]["first_order"] = False
-    return cfg
+    return make_adapting_learner(ANIL, config)

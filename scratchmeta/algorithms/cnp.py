@@ -159,18 +159,3 @@ def make_learner(config):
     model.pop("model", None)
     return CNP(**model, **(config.get("algo") or {}))
 
-
-def default_config(task_name="sinusoid"):
-    """MAML's sinusoids (Finn et al. 2017 Sec. 5.1), K = 10 support and 10 query points."""
-    if task_name != "sinusoid":
-        raise ValueError(f"cnp: no defaults for task {task_name!r} (only 'sinusoid')")
-    return {
-        "algorithm": "cnp",
-        "task": {"name": "sinusoid", "k_support": 10, "k_query": 10},
-        "model": {"x_dim": 1, "y_dim": 1, "r_dim": 64, "encoder": [64, 64], "decoder": [64, 64]},
-        "algo": {"random_context": True, "seed": 0},
-        "optimizer": {"name": "adam", "lr": 1e-3},
-        "steps": 20000,
-        "meta_batch": 32,
-        "eval_every": 2000,
-    }

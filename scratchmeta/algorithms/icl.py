@@ -187,27 +187,12 @@ def make_sampler(config, split, seed):
 
 
 def default_config(task_name="linreg"):
-    """CPU-sized defaults: d = 5, 15 points a prompt (k = 0..14), width 32, 3 layers, float32.
+    """The recipe of scratchmeta.recipes for ("icl", task_name) (kept for the examples).
 
     The read-in and read-out start as torch.nn.Linear layers, as in Garg et
     al.'s code (Transformer io_init "pytorch"); with GPT-2's N(0, 0.02^2)
     there, training sat on the plateau at the zero predictor's error for
     thousands of steps (docs/icl.md, "What made it train").
     """
-    if task_name != "linreg":
-        raise ValueError(f"icl: no defaults for task {task_name!r} (only 'linreg')")
-    d, n = 5, 15
-    return {
-        "algorithm": "icl",
-        "task": {"name": "linreg", "n_dims": d, "n_points": n, "noise_std": 0.0, "sparsity": None,
-                 "curriculum": {"dims": {"start": 2, "end": d, "inc": 1, "interval": 500},
-                                "points": {"start": 5, "end": n, "inc": 2, "interval": 500}}},
-        "model": {"width": 32, "depth": 3, "heads": 4, "positions": "learned", "mlp_ratio": 4},
-        "algo": {"baselines": list(baselines.BASELINES), "n_neighbors": 3,
-                 "ridge_grid": list(RIDGE_GRID), "tune_prompts": 1000},
-        "optimizer": {"name": "adamw", "lr": 1e-3, "weight_decay": 0.0},
-        "steps": 6000,
-        "meta_batch": 64,
-        "eval_every": 1000,
-        "dtype": "float32",
-    }
+    from ..recipes import recipe
+    return dict(recipe("icl", task_name), algorithm="icl")

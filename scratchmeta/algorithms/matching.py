@@ -18,7 +18,8 @@ Only the classifier head differs, so the learner reuses ProtoNet's loop.
 from .. import functional as F
 from .. import nn
 from ..tensor import as_tensor
-from .protonet import ProtoNet, _check_algo, cosine, default_config as _defaults, one_hot
+from .common import one_hot
+from .protonet import ProtoNet, check_algo, cosine
 
 
 def attention(z_query, z_support):
@@ -64,20 +65,14 @@ class MatchingNet(ProtoNet):
         return log_probs(z_support, y_support, z_query, n_way)
 
 
-def default_config(task_name):
-    """As ProtoNet's defaults (Conv4-64, Adam 1e-3, 5-way, 15 queries), for "matching"."""
-    config = _defaults(task_name, algorithm="matching")
-    del config["algo"]["distance"]          # the attention is cosine by definition (Eq. 2)
-    return config
-
-
 def make_learner(config):
     """A MatchingNet from config["model"] and config["algo"] (train_ways)."""
-    model = nn.build_model(config.get("model") or default_config("glyphs")["model"])
+    if not config.get("model"):
+        raise ValueError("matching: the config has no model (see scratchmeta.recipes)")
+    model = nn.build_model(config["model"])
     algo = dict(config.get("algo") or {})
-    _check_algo(algo, ("train_ways", "train_queries"), "matching")
+    check_algo(algo, ("train_ways", "train_queries"), "matching")
     return MatchingNet(model, train_ways=algo.get("train_ways"))
 
 
-__all__ = ["attention", "class_probs", "log_probs", "MatchingNet", "default_config",
-           "make_learner"]
+__all__ = ["attention", "class_probs", "log_probs", "MatchingNet", "make_learner"]

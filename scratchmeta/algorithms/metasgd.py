@@ -15,9 +15,9 @@ With learn_lr=False the rates stay at inner_lr and Meta-SGD is MAML.
 from collections import OrderedDict
 
 from .. import backend
-from ..tensor import Tensor, enable_grad, grad
-from .maml import MAML, check_batch, check_finite, evaluate_adapted, meta_objective, \
-    model_and_loss, base_config, _select_support
+from ..tensor import Tensor
+from .inner_loop import make_adapting_learner
+from .maml import MAML
 
 PREFIX = "lr/"
 
@@ -37,7 +37,6 @@ class MetaSGD(MAML):
     def __init__(self, model, inner_lr=0.01, inner_steps=1, first_order=False, loss="mse",
                  eval_inner_steps=None, learn_lr=True):
         super().__init__(model, inner_lr, inner_steps, first_order, loss, eval_inner_steps)
-        self.name = "metasgd"
         self.learn_lr = bool(learn_lr)
 
     def config(self):
@@ -55,41 +54,16 @@ class MetaSGD(MAML):
                 theta[PREFIX + k] = Tensor(v.data, requires_grad=True)
         return theta
 
-    def _inner_rates(self, params):
-        return self.rates(params)
+    def inner_rates(self, params):
+        """(theta, alpha) of Eq. 1: alpha is the dict of learned rates (or inner_lr, frozen).
 
-    def rates(self, params):
+        MAML.meta_step then differentiates with respect to theta and the rates
+        together (wrt=params), so the rates are meta-learned with the one
+        meta-gradient routine of maml.py.
+        """
         theta, lrs = split(params)
         return theta, (lrs if self.learn_lr else self._constant_lr(theta))
 
-    def meta_step(self, params, batch):
-        check_batch(batch, self.name)
-        theta, lrs = self.rates(params)
-        with enable_grad():
-            value = meta_objective(self.model, theta, batch, lrs, self.inner_steps,
-                                   self.first_order, self.loss)
-            check_finite(value, "meta-loss (mean query loss after adaptation)", self.name)
-            wanted = [k for k, v in params.items() if v.requires_grad]
-            grads = OrderedDict(zip(wanted, grad(value, [params[k] for k in wanted])))
-        loss = Tensor(value.data)
-        return loss, grads, {"query_loss": loss}
-
-    def evaluate(self, params, batch, inner_steps=None, k_support=None, **options):
-        check_batch(batch, self.name)
-        batch = _select_support(batch, k_support, self.name)
-        theta, lrs = self.rates(params)
-        steps = self.eval_inner_steps if inner_steps is None else inner_steps
-        return evaluate_adapted(self.model, theta, batch, lrs, steps, self.loss, who=self.name)
-
 
 def make_learner(config):
-    model, loss = model_and_loss(config)
-    algo = dict(config.get("algo", {}))
-    return MetaSGD(model, loss=algo.pop("loss", loss), **algo)
-
-
-def default_config(task_name):
-    """MAML's settings (Li et al. train sinusoids with one step as well), rates learned."""
-    cfg = base_config(task_name)
-    cfg["algo"].update(first_order=False, learn_lr=True)
-    return cfg
+    return make_adapting_learner(MetaSGD, config)

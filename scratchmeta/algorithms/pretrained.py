@@ -12,7 +12,8 @@ Reptile does the same in expectation).
 """
 from ..optim import Adam
 from ..tensor import enable_grad, grad
-from .maml import check_batch, check_finite, evaluate_adapted, task_losses
+from .common import check_batch, check_finite, task_losses
+from .inner_loop import evaluate_adapted
 
 
 def pooled_loss(model, theta, batch, loss="mse"):
@@ -53,19 +54,26 @@ def finetune_evaluate(model, params, batch, alpha, steps, loss="mse"):
     return evaluate_adapted(model, params, batch, alpha, steps, loss, who="pretrained")
 
 
+class FineTuned:
+    """The pretrained network as a learner that train.evaluate can score: fine-tune, then test."""
+
+    def __init__(self, model, alpha, steps, loss="mse"):
+        self.model, self.alpha, self.steps, self.loss = model, alpha, steps, loss
+
+    def evaluate(self, params, batch, **options):
+        return finetune_evaluate(self.model, params, batch, self.alpha, self.steps, self.loss)
+
+
 def baseline_report(model, theta_pretrained, sampler, n_tasks, batch_size, alpha, steps,
                     loss="mse"):
-    """Fine-tune-and-score `n_tasks` tasks of `sampler`: name -> {"mean", "ci95", "tasks"}."""
-    from ..backend import host, to_numpy
-    values, done = [], 0
-    while done < n_tasks:
-        b = min(batch_size, n_tasks - done)
-        out = finetune_evaluate(model, theta_pretrained, sampler.sample(b), alpha, steps, loss)
-        values.append(to_numpy(out["mse"]))
-        done += b
-    v = host.concatenate(values)
-    return {"mean": float(v.mean()), "ci95": float(1.96 * v.std(ddof=1) / max(v.size, 2) ** 0.5),
-            "tasks": int(v.size)}
+    """Fine-tune-and-score `n_tasks` tasks of `sampler`: {"mean", "ci95", "tasks"} of the mse.
+
+    Scored by train.evaluate, as every learner is (mean and 1.96 standard errors).
+    """
+    from ..train import evaluate
+    result = evaluate(FineTuned(model, alpha, steps, loss), theta_pretrained, sampler,
+                      n_tasks=n_tasks, batch_size=batch_size)
+    return result["mse"]
 
 
 def extra_baselines(config, learner, sampler, n_tasks=600, batch_size=100, inner_steps=None,

@@ -20,30 +20,10 @@ from .. import nn
 from ..backend import host
 from ..tensor import Tensor, as_tensor, enable_grad, grad, no_grad, primitive
 from .base import MetaLearner
+from .common import BATCH_KEYS, accuracy, check_batch, host_labels, nll, one_hot   # noqa: F401
 
 DISTANCES = ("euclidean", "cosine")
 _COSINE_EPS = 1e-8        # ||z|| is taken as sqrt(z.z + eps): finite at z = 0
-
-
-# -- labels ---------------------------------------------------------------------
-def _host_labels(labels, who):
-    raw = labels.data if isinstance(labels, Tensor) else labels
-    array = backend.to_numpy(backend.asarray(raw))
-    if array.dtype.kind not in "iu":
-        raise ValueError(f"{who}: labels must be integer class indices, got dtype {array.dtype}")
-    return array
-
-
-def one_hot(labels, n_way, dtype=None):
-    """(..., n) integer labels in 0..n_way-1 -> (..., n, n_way) float one-hot matrix Y."""
-    host_labels = _host_labels(labels, "one_hot")
-    if host_labels.size and (host_labels.min() < 0 or host_labels.max() >= n_way):
-        raise ValueError(f"one_hot: labels must lie in [0, {n_way}), got values in "
-                         f"[{int(host_labels.min())}, {int(host_labels.max())}]")
-    raw = labels.data if isinstance(labels, Tensor) else backend.asarray(labels)
-    classes = backend.asarray(host.arange(n_way))
-    hit = Tensor(raw).reshape(tuple(raw.shape) + (1,)) == classes      # (..., n, n_way) bool
-    return hit.astype(backend.resolve_dtype(dtype))
 
 
 # -- Eq. 1: prototypes --------------------------------------------------------------
@@ -94,20 +74,6 @@ def distances(z_query, c, distance="euclidean"):
 def log_probs(z_query, c, distance="euclidean"):
     """log p(y = k | x_q) = log softmax_k(-d(z_q, c_k)) (Eq. 2): (..., M, N)."""
     return F.log_softmax(-distances(z_query, c, distance), axis=-1)
-
-
-def nll(logp, y_query):
-    """-1/M sum_q log p(y_q | x_q), one value per episode: (..., M, N) -> (...)."""
-    y = one_hot(y_query, logp.shape[-1], logp.dtype)
-    return -(logp * y).sum(axis=-1).mean(axis=-1)
-
-
-def accuracy(logp, y_query):
-    """Fraction of queries whose true class scores strictly above every other: (...)."""
-    y = one_hot(y_query, logp.shape[-1], logp.dtype)
-    true = (logp * y).sum(axis=-1)                                   # (..., M)
-    other = F.where(y.data > 0, float("-inf"), logp).max(axis=-1)    # best wrong class
-    return (true > other).astype(logp.dtype).mean(axis=-1)
 
 
 def episode_loss(z_support, y_support, z_query, y_query, n_way, distance="euclidean"):
@@ -197,28 +163,11 @@ def _protonet_loss_vjp(g, out, z_support, z_query, y_support=None, y_query=None,
 
 
 # -- the meta-learner ------------------------------------------------------------------------
-_BATCH_KEYS = ("support_x", "support_y", "query_x", "query_y")
-
-
-def _check_batch(batch, who):
-    missing = [k for k in _BATCH_KEYS if k not in batch]
-    if missing:
-        raise ValueError(f"{who}: the meta-batch lacks {missing}; expected keys {_BATCH_KEYS}")
-    sx, sy, qx, qy = (batch[k] for k in _BATCH_KEYS)
-    if sx.ndim < 3 or sy.ndim != 2 or sx.shape[:2] != sy.shape or qx.shape[:2] != qy.shape:
-        raise ValueError(f"{who}: expected support_x (T, n, ...) with support_y (T, n) and "
-                         f"query_x (T, M, ...) with query_y (T, M); got {sx.shape}, "
-                         f"{sy.shape}, {qx.shape}, {qy.shape}")
-    if sx.shape[0] != qx.shape[0] or sx.shape[2:] != qx.shape[2:]:
-        raise ValueError(f"{who}: support_x {sx.shape} and query_x {qx.shape} disagree on "
-                         f"the number of episodes or the image shape")
-
-
 def episode_ways(batch):
     """N of the episodes in a meta-batch: from `classes` (T, N) if present, else the labels."""
     if "classes" in batch:
         return int(batch["classes"].shape[-1])
-    return int(_host_labels(batch["support_y"], "episode_ways").max()) + 1
+    return int(host_labels(batch["support_y"], "episode_ways").max()) + 1
 
 
 class ProtoNet(MetaLearner):
@@ -283,7 +232,7 @@ class ProtoNet(MetaLearner):
 
     def meta_step(self, theta, batch):
         """Mean J over the meta-batch, and its gradient with respect to theta."""
-        _check_batch(batch, f"{self.name}.meta_step")
+        check_batch(batch, f"{self.name}.meta_step", labels=True)
         n_way = episode_ways(batch)
         names = list(theta)
         with enable_grad():
@@ -307,13 +256,13 @@ class ProtoNet(MetaLearner):
         if unknown:
             raise ValueError(f"{self.name}.evaluate: unknown options {unknown} "
                              f"(a metric learner takes no gradient steps at test time)")
-        _check_batch(batch, f"{self.name}.evaluate")
+        check_batch(batch, f"{self.name}.evaluate", labels=True)
         n_way = episode_ways(batch)
         n_tasks = batch["support_x"].shape[0]
         per_pass = max(1, self.max_images // (batch["support_x"].shape[1] + batch["query_x"].shape[1]))
         parts = {"accuracy": [], "loss": [], "baseline/pixels": []}
         for start in range(0, n_tasks, per_pass):          # chunks of episodes, not single ones
-            chunk = {k: batch[k][start:start + per_pass] for k in _BATCH_KEYS}
+            chunk = {k: batch[k][start:start + per_pass] for k in BATCH_KEYS}
             z_support, z_query = self.embed(theta, chunk)
             losses, logp = self._losses(z_support, z_query, chunk, n_way)
             parts["accuracy"].append(accuracy(logp, chunk["query_y"]))
@@ -330,45 +279,9 @@ class ProtoNet(MetaLearner):
         return out
 
 
-# -- configuration ---------------------------------------------------------------------------
-def default_config(task_name, algorithm="protonet"):
-    """Defaults for "glyphs", "omniglot" or "digits": Conv4-64, Adam 1e-3, 5-way, 15 queries.
-
-    glyphs/digits: 5-way training with 5 queries a class, sized to a few
-    minutes on a 2-core CPU.
-    omniglot: Snell et al.'s recipe, 60-way training episodes with 5
-    queries each (train_ways=60) and 5-way 15-query test episodes.
-    """
-    if task_name not in ("glyphs", "omniglot", "digits"):
-        raise ValueError(f"{algorithm}: no defaults for task {task_name!r}; "
-                         f"choose 'glyphs', 'omniglot' or 'digits'")
-    config = {
-        "algorithm": algorithm,
-        "task": {"name": task_name, "n_way": 5, "k_shot": 1, "n_query": 15},
-        "model": {"model": "conv4", "in_channels": 1, "hidden": 64, "n_classes": None,
-                  "image_size": 28},
-        "algo": {"distance": "euclidean" if algorithm == "protonet" else "cosine",
-                 "train_ways": None, "train_queries": None},
-        "optimizer": {"name": "adam", "lr": 1e-3},
-        "steps": 1000, "meta_batch": 1, "eval_every": 250, "seed": 0, "dtype": "float32",
-    }
-    if algorithm == "protonet":
-        config["algo"]["fused_loss"] = False
-    if task_name == "glyphs":
-        # 5 training queries a class: 30 images a 1-shot step, ~0.25 s with Conv4-64 on
-        # 2 cores (float32, one BLAS thread), so 600 steps take ~3 minutes
-        config["algo"].update(train_queries=5)
-        config.update(steps=600, eval_every=300)
-    if task_name == "omniglot":
-        config["algo"].update(train_ways=60, train_queries=5)
-        config.update(steps=20000, eval_every=2000)
-    if task_name == "digits":
-        config["algo"].update(train_queries=5)
-        config.update(steps=300, eval_every=100)
-    return config
-
-
-def _check_algo(algo, allowed, who):
+# -- building the learner from a config -------------------------------------------------------
+def check_algo(algo, allowed, who):
+    """Refuse algo keys the learner does not know (a typo would otherwise be ignored)."""
     unknown = sorted(set(algo) - set(allowed))
     if unknown:
         raise ValueError(f"{who}: unknown algo keys {unknown}; allowed: {sorted(allowed)}")
@@ -376,8 +289,10 @@ def _check_algo(algo, allowed, who):
 
 def make_learner(config):
     """A ProtoNet from config["model"] (an nn.build_model dict) and config["algo"]."""
-    model = nn.build_model(config.get("model") or default_config("glyphs")["model"])
+    if not config.get("model"):
+        raise ValueError("protonet: the config has no model (see scratchmeta.recipes)")
+    model = nn.build_model(config["model"])
     algo = dict(config.get("algo") or {})
-    _check_algo(algo, ("distance", "train_ways", "train_queries", "fused_loss"), "protonet")
+    check_algo(algo, ("distance", "train_ways", "train_queries", "fused_loss"), "protonet")
     return ProtoNet(model, distance=algo.get("distance", "euclidean"),
                     train_ways=algo.get("train_ways"), fused_loss=algo.get("fused_loss", False))

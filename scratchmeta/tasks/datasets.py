@@ -15,11 +15,12 @@ Pillow, matplotlib and scikit-learn are the optional extra
 """
 import dataclasses
 import importlib
+import io
 import json
 import os
-import tempfile
 
 from ..backend import host
+from ..runs import atomic_write_bytes
 from .episodes import EpisodeSampler
 
 DATA_EXTRA = "pip install 'scratchmeta[data]'"
@@ -89,19 +90,11 @@ def default_cache_dir():
 
 
 def save_cache(path, key, **arrays):
-    """Write an .npz atomically: a temp file in the same folder, then os.replace."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as f:     # a file object: savez adds no suffix
-            host.savez_compressed(f, cache_key=host.array(json.dumps(key, sort_keys=True)),
-                                  **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """Write an .npz atomically (runs.atomic_write_bytes: a temp file, then os.replace)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    buf = io.BytesIO()                     # a file object: savez adds no suffix
+    host.savez_compressed(buf, cache_key=host.array(json.dumps(key, sort_keys=True)), **arrays)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def load_cache(path, key):
