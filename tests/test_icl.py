@@ -337,3 +337,16 @@ def test_example_07_scores_a_saved_run_zero_shot_on_noisy_prompts(tmp_path):
     assert figure.stat().st_size > 0
     assert noisy["by_k/3/least_squares"]["mean"] > 1e-3                # the prompts now carry noise
     assert noisy["clean_by_k/3/transformer"]["tasks"] == 40
+
+
+def test_batched_loss_equals_the_per_prompt_loop():
+    """meta_step's loss and gradient == the training loss summed one prompt at a time."""
+    learner = make_learner(_tiny_config(d=2, n=4))
+    theta = learner.init(0)
+    batch = LinearRegressionPrompts(n_dims=2, n_points=4, seed=3).sample(3)
+    loss, grads, _ = learner.meta_step(theta, batch)
+    loop = icl.meta_loss_loop(learner, theta, batch)
+    assert loss.item() == pytest.approx(loop.item(), rel=1e-6)
+    names = list(theta)
+    for k, g in zip(names, sm.grad(loop, [theta[k] for k in names])):
+        np.testing.assert_allclose(grads[k].numpy(), g.numpy(), rtol=1e-4, atol=1e-6)

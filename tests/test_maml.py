@@ -536,3 +536,67 @@ def test_algorithm_modules_are_short_and_import_without_a_circle():
                    for t in graph.get(start, ()))
     circles = [m for m in graph if reaches(m, m)]
     assert not circles, f"import circle through {circles}: {graph}"
+
+
+# -- your own model (docs/your_model.md) -------------------------------------------------------
+def _scalar_theta():
+    return OrderedDict((k, sm.tensor(v, requires_grad=True)) for k, v in
+                       (("a", 1.5), ("w", 0.8), ("b", 0.1)))
+
+
+def test_a_model_that_breaks_the_task_axis_is_refused_before_any_work(monkeypatch):
+    """Issue 15: 0-d parameters broadcast into (4, 5, 4) predictions against (4, 5, 1) targets."""
+    def scalar_model(p, x):
+        return p["a"] * (x * p["w"] + p["b"]).tanh()
+    batch = Sinusoid(k_support=5, k_query=5, seed=0).sample(4)
+    from scratchmeta.algorithms import inner_loop
+    differentiated = []
+    for module in (M, inner_loop):                           # the outer and the inner sm.grad
+        real = module.grad
+        monkeypatch.setattr(module, "grad",
+                            lambda *a, real=real, **kw: differentiated.append(1) or real(*a, **kw))
+    for call in (lambda: M.meta_gradient(scalar_model, _scalar_theta(), batch, 0.01),
+                 lambda: M.meta_gradient_split(scalar_model, _scalar_theta(), batch, 0.01),
+                 lambda: M.MAML(scalar_model).meta_step(_scalar_theta(), batch)):
+        with pytest.raises(ValueError) as error:
+            call()
+        message = str(error.value)
+        assert "(4, 5, 4)" in message and "(4, 5, 1)" in message
+        assert "'a', 'w', 'b'" in message and "a () -> (4,)" in message
+    assert differentiated == []                              # refused before any gradient
+
+
+def test_a_model_that_mixes_tasks_with_the_right_shape_is_refused():
+    """Right shape, wrong content: task 1's output reads task 0's parameter."""
+    def leaky(p, x):
+        w = p["w"].reshape(p["w"].shape + (1, 1))
+        return x * w + (p["w"].sum() if p["w"].ndim else p["w"]) * 0.1
+    theta = OrderedDict(w=sm.tensor(0.5, requires_grad=True))
+    with pytest.raises(ValueError, match="right shape .* 'w' mix the tasks"):
+        M.meta_gradient(leaky, theta, Sinusoid(k_support=3, k_query=3, seed=1).sample(3), 0.1)
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+def test_a_model_written_to_the_contract_gives_the_loop_meta_gradient(steps):
+    def model(p, x):
+        a, w, b = (p[k].reshape(p[k].shape + (1, 1)) for k in ("a", "w", "b"))
+        return a * (x * w + b).tanh()
+    theta = _scalar_theta()
+    batch = Sinusoid(k_support=5, k_query=5, seed=0).sample(4)
+    batched = M.meta_gradient(model, theta, batch, 0.01, steps)
+    loop = M.meta_gradient_loop(model, theta, batch, 0.01, steps)
+    np.testing.assert_allclose(flat(batched), flat(loop), rtol=1e-12, atol=1e-14)
+
+
+def test_your_model_page_runs():
+    """Every python block of docs/your_model.md, in order, in one namespace (asserts inside)."""
+    import os
+    import re
+    page = os.path.join(os.path.dirname(__file__), os.pardir, "docs", "your_model.md")
+    with open(page) as f:
+        blocks = re.findall(r"```python\n(.*?)```", f.read(), re.S)
+    assert len(blocks) >= 6
+    namespace = {}
+    for i, block in enumerate(blocks):
+        exec(compile(block, f"docs/your_model.md block {i + 1}", "exec"), namespace)
+    assert "'a', 'w', 'b'" in namespace["message"]

@@ -131,3 +131,15 @@ def test_registry_defaults_and_errors():
         MN.class_probs(arr(z_s), arr(y_s + 1), arr(z_q), 3)
     with pytest.raises(ValueError, match="does not label"):
         MN.class_probs(arr(z_s), arr(y_s[:, :2]), arr(z_q), 3)
+
+
+def test_batched_meta_step_equals_the_per_episode_loop():
+    """Matching Nets reuse ProtoNet's per-episode loop with their own log_probs (Eq. 1-2)."""
+    learner = tiny_learner()
+    theta = learner.init(0)
+    batch = image_batch(T=3)
+    loss, grads, _ = learner.meta_step(theta, batch)
+    loop_loss, loop_grads = P.meta_gradient_loop(learner, theta, batch)
+    assert loss.item() == pytest.approx(loop_loss.item(), rel=1e-12)
+    for k in theta:
+        np.testing.assert_allclose(host(grads[k]), host(loop_grads[k]), rtol=1e-9, atol=1e-12)

@@ -396,3 +396,16 @@ def test_learner_runs_under_the_strict_namespace_as_under_numpy(algorithm):
     for e, g in zip(expected, got):
         assert type(g) is np.ndarray
         np.testing.assert_array_equal(g, e)
+
+
+@pytest.mark.parametrize("distance", P.DISTANCES)
+def test_batched_meta_step_equals_the_per_episode_loop(distance):
+    """Algorithm 1 one episode at a time (unbatched theta) == every episode in one call."""
+    learner = tiny_learner(distance=distance)
+    theta = learner.init(0)
+    batch = image_batch(T=3)
+    loss, grads, _ = learner.meta_step(theta, batch)
+    loop_loss, loop_grads = P.meta_gradient_loop(learner, theta, batch)
+    assert loss.item() == pytest.approx(loop_loss.item(), rel=1e-12)
+    for k in theta:
+        np.testing.assert_allclose(host(grads[k]), host(loop_grads[k]), rtol=1e-9, atol=1e-12)

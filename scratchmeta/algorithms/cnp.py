@@ -26,6 +26,7 @@ from .. import functional as F
 from ..nn import MLP
 from ..tensor import Tensor, grad, no_grad
 from .base import MetaLearner
+from .common import check_batch
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -41,10 +42,40 @@ def gaussian_nll(y, mu, sigma):
     return sigma.log() + 0.5 * z * z + 0.5 * LOG_2PI
 
 
+def gaussian_head(out, y_dim):
+    """Split the decoder's output into (mu, sigma), sigma = 0.1 + 0.9 softplus(raw) > 0.1."""
+    return out[..., :y_dim], 0.1 + 0.9 * softplus(out[..., y_dim:])
+
+
 def _prefixed(params, prefix):
     """The sub-dict of `params` under `prefix.`, with the prefix removed."""
     n = len(prefix) + 1
     return {k[n:]: v for k, v in params.items() if k.startswith(prefix + ".")}
+
+
+def meta_loss_loop(cnp, theta, batch, n_context=None):
+    """Eq. 4's loss, one task t at a time, its context the first n_context[t] support points (None: all).
+
+    The paper's equations with unbatched shapes (slow; CNP.meta_loss batches the tasks):
+    r = mean_i h(x_i, y_i) over the context (Eqs. 1-2), (mu_j, sigma_j) = g(x_j, r) at
+    every point of the task (Eq. 3), and the mean Gaussian NLL, averaged over tasks.
+    """
+    T = check_batch(batch, "cnp.meta_loss_loop")
+    if n_context is None:
+        n_context = [batch["support_x"].shape[1]] * T
+    encoder, decoder = _prefixed(theta, "encoder"), _prefixed(theta, "decoder")
+    total = 0.0
+    for t in range(T):
+        n = int(n_context[t])
+        xs, ys = batch["support_x"][t, :n], batch["support_y"][t, :n]          # O_N: (n, x_dim)
+        r = cnp.encoder(encoder, F.concatenate([xs, ys], axis=-1)).mean(axis=0)   # (r_dim,)
+        x_all = F.concatenate([batch["support_x"][t], batch["query_x"][t]], axis=0)   # (m, x_dim)
+        y_all = F.concatenate([batch["support_y"][t], batch["query_y"][t]], axis=0)
+        r_all = r.broadcast_to((x_all.shape[0], cnp.r_dim))
+        mu, sigma = gaussian_head(cnp.decoder(decoder, F.concatenate([x_all, r_all], axis=-1)),
+                                  cnp.y_dim)
+        total = total + gaussian_nll(y_all, mu, sigma).mean() * (1.0 / T)
+    return total
 
 
 class CNP(MetaLearner):
@@ -87,6 +118,7 @@ class CNP(MetaLearner):
         return params
 
     def check_batch(self, x, y, who):
+        """Points that fit the model: x (T, n, x_dim), y (T, n, y_dim), n >= 1."""
         if x.ndim != 3 or y.ndim != 3 or x.shape[:2] != y.shape[:2]:
             raise ValueError(f"cnp.{who}: expected x (T, n, x_dim) and y (T, n, y_dim), "
                              f"got shapes {x.shape} and {y.shape}")
@@ -113,26 +145,36 @@ class CNP(MetaLearner):
         T, m = x_target.shape[:2]
         r = r.broadcast_to((T, m, self.r_dim))
         out = self.decoder(_prefixed(theta, "decoder"), F.concatenate([x_target, r], axis=-1))
-        mu, raw = out[..., :self.y_dim], out[..., self.y_dim:]
-        return mu, 0.1 + 0.9 * softplus(raw)
+        return gaussian_head(out, self.y_dim)
 
-    def _context_mask(self, T, K, dtype):
-        """1 for the first N_t support points of task t, N_t ~ U{1..K}."""
-        n = self._rng.integers(1, K + 1, size=(T, 1))
-        mask = (backend.host.arange(K)[None, :] < n).astype(dtype)
-        return backend.asarray(mask)
+    def context_sizes(self, T, K):
+        """N_t ~ U{1..K} for every task (host ints, (T,)); None (all K) without random_context."""
+        if not self.random_context:
+            return None
+        return self._rng.integers(1, K + 1, size=(T, 1))[:, 0]
 
-    def meta_step(self, theta, batch):
+    def meta_loss(self, theta, batch, n_context):
+        """(Eq. 4's loss, mu, y_all) for every task at once.
+
+        Task t's context: its first n_context[t] support points (None: all of them).
+        """
         xs, ys = batch["support_x"], batch["support_y"]
         xq, yq = batch["query_x"], batch["query_y"]
-        self.check_batch(xq, yq, "meta_step")
-        T, K = xs.shape[:2]
-        mask = self._context_mask(T, K, backend.resolve_dtype(xs.dtype)) if self.random_context else None
+        check_batch(batch, "cnp.meta_loss")
+        self.check_batch(xq, yq, "meta_loss")
+        mask = None
+        if n_context is not None:                                              # (T, K) 0/1
+            mask = backend.host.arange(xs.shape[1])[None, :] < backend.host.asarray(n_context)[:, None]
+            mask = backend.asarray(mask.astype(backend.resolve_dtype(xs.dtype)))
         r = self.represent(theta, xs, ys, mask)
         # targets: every point of the task, the context among them (Sec. 2.5)
         x_all, y_all = F.concatenate([xs, xq], axis=1), F.concatenate([ys, yq], axis=1)
         mu, sigma = self.decode(theta, r, x_all)
-        loss = gaussian_nll(y_all, mu, sigma).mean()
+        return gaussian_nll(y_all, mu, sigma).mean(), mu, y_all
+
+    def meta_step(self, theta, batch):
+        T, K = batch["support_x"].shape[:2]
+        loss, mu, y_all = self.meta_loss(theta, batch, self.context_sizes(T, K))
         names = list(theta)
         grads = grad(loss, [theta[k] for k in names])
         with no_grad():
@@ -146,6 +188,7 @@ class CNP(MetaLearner):
         if options:
             raise ValueError(f"cnp.evaluate: unsupported options {sorted(options)}")
         xq, yq = batch["query_x"], batch["query_y"]
+        check_batch(batch, "cnp.evaluate")
         self.check_batch(xq, yq, "evaluate")
         r = self.represent(theta, batch["support_x"], batch["support_y"])
         mu, sigma = self.decode(theta, r, xq)

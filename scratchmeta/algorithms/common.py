@@ -10,6 +10,7 @@ import math
 
 from .. import backend, nn
 from .. import functional as F
+from ..recipes import recipe
 from ..tensor import Tensor, as_tensor
 
 BATCH_KEYS = ("support_x", "support_y", "query_x", "query_y")
@@ -153,6 +154,24 @@ def accuracy(scores, y):
 
 
 # -- building a learner from a config ------------------------------------------------
+def check_algo(algo, allowed, who):
+    """Refuse algo keys the learner does not know (a typo would otherwise be ignored)."""
+    unknown = sorted(set(algo) - set(allowed))
+    if unknown:
+        raise ValueError(f"{who}: unknown algo keys {unknown}; allowed: {sorted(allowed)}")
+
+
+def model_and_algo(config, allowed, who):
+    """(model of config["model"], config["algo"] checked against `allowed`) for a metric learner.
+
+    No model in the config: the embedding of the ("who", "glyphs") recipe.
+    """
+    model = nn.build_model(config.get("model") or recipe(who, "glyphs")["model"])
+    algo = dict(config.get("algo") or {})
+    check_algo(algo, allowed, who)
+    return model, algo
+
+
 def model_and_loss(config):
     """The model of config["model"] and the loss its task needs."""
     model = nn.build_model(config["model"])

@@ -37,6 +37,21 @@ def prompt_tokens(x, y):
     return xp.stack([x, y_wide], axis=2).reshape(B, 2 * n, d)
 
 
+def meta_loss_loop(learner, theta, batch):
+    """Garg et al.'s training loss one prompt at a time (slow; meta_step batches the prompts).
+
+    For prompt b and every prefix length i: (M_theta(P_b^i) - y_b,i)^2, averaged
+    over prefixes, then over prompts.
+    """
+    x, y = batch["x"], batch["y"]
+    total = 0.0
+    for b in range(x.shape[0]):
+        pred = learner.predict(theta, x[b:b + 1], y[b:b + 1])[0]     # (n,): one prompt's prefixes
+        diff = pred - Tensor(y[b])
+        total = total + (diff * diff).mean() * (1.0 / x.shape[0])
+    return total
+
+
 class InContextLearner(MetaLearner):
     """A decoder-only transformer trained on prompts; baselines for comparison.
 

@@ -16,10 +16,10 @@ weight from a softmax over cosines, instead of through its class mean.
 Only the classifier head differs, so the learner reuses ProtoNet's loop.
 """
 from .. import functional as F
-from .. import nn
 from ..tensor import as_tensor
-from .common import one_hot
-from .protonet import ProtoNet, check_algo, cosine
+from .common import model_and_algo, one_hot
+from .embeddings import cosine
+from .protonet import ProtoNet
 
 
 def attention(z_query, z_support):
@@ -67,11 +67,7 @@ class MatchingNet(ProtoNet):
 
 def make_learner(config):
     """A MatchingNet from config["model"] and config["algo"] (train_ways)."""
-    if not config.get("model"):
-        raise ValueError("matching: the config has no model (see scratchmeta.recipes)")
-    model = nn.build_model(config["model"])
-    algo = dict(config.get("algo") or {})
-    check_algo(algo, ("train_ways", "train_queries"), "matching")
+    model, algo = model_and_algo(config, ("train_ways", "train_queries"), "matching")
     return MatchingNet(model, train_ways=algo.get("train_ways"))
 
 

@@ -20,10 +20,9 @@ from .. import nn
 from ..backend import host
 from ..tensor import Tensor, as_tensor, enable_grad, grad, no_grad, primitive
 from .base import MetaLearner
-from .common import BATCH_KEYS, accuracy, check_batch, host_labels, nll, one_hot   # noqa: F401
+from .common import BATCH_KEYS, accuracy, check_batch, host_labels, model_and_algo, nll, one_hot
+from .embeddings import DISTANCES, cosine, distances, norm, sq_dist   # noqa: F401 (Sec. 2.2)
 
-DISTANCES = ("euclidean", "cosine")
-_COSINE_EPS = 1e-8        # ||z|| is taken as sqrt(z.z + eps): finite at z = 0
 
 
 # -- Eq. 1: prototypes --------------------------------------------------------------
@@ -42,32 +41,6 @@ def prototypes(z_support, y_support, n_way):
     if bool(backend.to_numpy((counts.data == 0).any())):
         raise ValueError(f"prototypes: some of the {n_way} classes have no support example")
     return (y.mT @ z_support) / counts.reshape(counts.shape + (1,))
-
-
-# -- distances ----------------------------------------------------------------------
-def sq_dist(a, b):
-    """||a_i - b_j||^2, (..., n, d), (..., m, d) -> (..., n, m) (functional.sq_dist)."""
-    return F.sq_dist(a, b)
-
-
-def _norm(z):
-    """sqrt(z.z + eps) over the last axis, kept: (..., n, 1)."""
-    return ((z * z).sum(axis=-1, keepdims=True) + _COSINE_EPS).sqrt()
-
-
-def cosine(a, b):
-    """Cosine similarities a_i.b_j / (||a_i|| ||b_j||), (..., n, d), (..., m, d) -> (..., n, m)."""
-    a, b = as_tensor(a), as_tensor(b)
-    return (a / _norm(a)) @ (b / _norm(b)).mT
-
-
-def distances(z_query, c, distance="euclidean"):
-    """d(z_q, c_k) for every query and class: (..., M, d), (..., N, d) -> (..., M, N)."""
-    if distance == "euclidean":
-        return sq_dist(z_query, c)
-    if distance == "cosine":
-        return 1 - cosine(z_query, c)
-    raise ValueError(f"unknown distance {distance!r}; choose one of {DISTANCES}")
 
 
 # -- Eq. 2 and the episode loss ---------------------------------------------------------
@@ -126,7 +99,7 @@ def protonet_loss_grad_closed_form(z_support, y_support, z_query, y_query, n_way
         # dD_qk/dc_k = -2 (z_q - c_k)
         g_c = -2 * (a.mT @ z_query - a.sum(axis=-2).reshape(counts.shape + (1,)) * c)
     elif distance == "cosine":
-        nq, nc = _norm(z_query), _norm(c)                            # (..., M, 1), (..., N, 1)
+        nq, nc = norm(z_query), norm(c)                            # (..., M, 1), (..., N, 1)
         u, v = z_query / nq, c / nc
         s = u @ v.mT                                                 # (..., M, N)
         # ds/dz = (v - s u) / ||z||, ds/dc = (u - s v) / ||c||, and dJ/ds = -A
@@ -162,7 +135,30 @@ def _protonet_loss_vjp(g, out, z_support, z_query, y_support=None, y_query=None,
     return g * g_support, g * g_query
 
 
-# -- the meta-learner ------------------------------------------------------------------------
+# -- Algorithm 1, one episode at a time ---------------------------------------------------------
+def meta_gradient_loop(learner, theta, batch):
+    """(mean J, dJ/dtheta) over the episodes, one episode at a time (the paper's loop; slow).
+
+    Each episode's images go through learner.model with theta as it is
+    (unbatched), then Eq. 1, Eq. 2 and the NLL. learner.meta_step gives the
+    same numbers with every episode embedded in one batched call.
+    """
+    T = check_batch(batch, "meta_gradient_loop", labels=True)
+    n_way, names = episode_ways(batch), list(theta)
+    n_support = batch["support_x"].shape[1]
+    total = 0.0
+    with enable_grad():
+        for t in range(T):
+            x = F.concatenate([as_tensor(batch["support_x"][t]),
+                               as_tensor(batch["query_x"][t])], axis=0)   # (n + M, C, H, W)
+            z = learner.model(theta, x)                                    # (n + M, d)
+            logp = learner.log_probs(z[:n_support], batch["support_y"][t], z[n_support:], n_way)
+            total = total + nll(logp, batch["query_y"][t]) * (1.0 / T)
+        grads = grad(total, [theta[k] for k in names])
+    return total.detach(), dict(zip(names, grads))
+
+
+# -- the meta-learner: every episode at once ----------------------------------------------------
 def episode_ways(batch):
     """N of the episodes in a meta-batch: from `classes` (T, N) if present, else the labels."""
     if "classes" in batch:
@@ -280,19 +276,9 @@ class ProtoNet(MetaLearner):
 
 
 # -- building the learner from a config -------------------------------------------------------
-def check_algo(algo, allowed, who):
-    """Refuse algo keys the learner does not know (a typo would otherwise be ignored)."""
-    unknown = sorted(set(algo) - set(allowed))
-    if unknown:
-        raise ValueError(f"{who}: unknown algo keys {unknown}; allowed: {sorted(allowed)}")
-
-
 def make_learner(config):
     """A ProtoNet from config["model"] (an nn.build_model dict) and config["algo"]."""
-    if not config.get("model"):
-        raise ValueError("protonet: the config has no model (see scratchmeta.recipes)")
-    model = nn.build_model(config["model"])
-    algo = dict(config.get("algo") or {})
-    check_algo(algo, ("distance", "train_ways", "train_queries", "fused_loss"), "protonet")
+    model, algo = model_and_algo(config, ("distance", "train_ways", "train_queries", "fused_loss"),
+                                 "protonet")
     return ProtoNet(model, distance=algo.get("distance", "euclidean"),
                     train_ways=algo.get("train_ways"), fused_loss=algo.get("fused_loss", False))
