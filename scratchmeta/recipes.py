@@ -20,7 +20,7 @@ import copy
 # ---------------------------------------------------------------------------
 # Tasks
 # ---------------------------------------------------------------------------
-SINE_TASK = {"name": "sinusoid",
+SINE_TASK = {"name": "sinusoid",        # Finn et al. Sec. 5.1: amplitude 0.1-5, phase 0-pi
              "k_support": 10,            # Finn et al. 2017 Sec. 5.1: K = 10 shots
              "k_query": 10}              # 10 query points a task (as K; Finn et al.'s code)
 
@@ -169,8 +169,9 @@ RECIPES[("cnp", "sinusoid")] = {                 # Garnelo et al. 2018 on MAML's
     "algo": {"random_context": True,             # a random context size each step (Garnelo et al. Sec. 3)
              "seed": 0},                         # the RNG of those sizes
     "optimizer": ADAM,
-    "steps": 20000, "meta_batch": 32,            # 32 functions a step
-    "eval_every": 2000}
+    "steps": 20000,                              # 20,000 steps (docs/cnp.md compares it with MAML)
+    "meta_batch": 32,                            # 32 functions a step
+    "eval_every": 2000}                          # held-out evaluation every 2,000 steps
 
 RECIPES[("icl", "linreg")] = {                   # Garg et al. 2022, in-context linear regression
     "task": LINREG_TASK, "model": ICL_TRANSFORMER,
@@ -180,8 +181,9 @@ RECIPES[("icl", "linreg")] = {                   # Garg et al. 2022, in-context 
              "tune_prompts": 1000},              # prompts used to tune the baselines
     "optimizer": {"name": "adamw", "lr": 1e-3,   # Garg et al.: Adam, 1e-4; 1e-3 for the small model
                   "weight_decay": 0.0},          # no decay
-    "steps": 6000, "meta_batch": 64,             # 64 prompts a step (Garg et al.)
-    "eval_every": 1000,
+    "steps": 6000,                               # CPU-sized; docs/icl.md's figure trains 40,000
+    "meta_batch": 64,                            # 64 prompts a step (Garg et al.)
+    "eval_every": 1000,                          # held-out evaluation every 1,000 steps
     "dtype": "float32"}                          # float32: the transformer at CPU speed
 
 
