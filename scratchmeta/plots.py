@@ -24,7 +24,7 @@ def learning_curves(run_dir, path):
     if not records:
         raise ValueError(f"{run_dir} has no evaluations in {runs.METRICS} to plot "
                          f"(train with --eval-every N)")
-    config = runs.read_json(os.path.join(run_dir, runs.CONFIG))
+    config = train.validate_config(runs.read_json(os.path.join(run_dir, runs.CONFIG)))
     plt = _pyplot()
     steps = [r["step"] for r in records]
     names = sorted({k for r in records for k in r["eval"]
@@ -35,15 +35,15 @@ def learning_curves(run_dir, path):
     for name in names:
         pts = [(r["step"], r["eval"][name]) for r in records if name in r["eval"]]
         x = backend.host.array([p[0] for p in pts])
-        m = backend.host.array([p[1]["mean"] for p in pts])
-        c = backend.host.array([p[1]["ci95"] for p in pts])
+        m = backend.host.array([p[1]["mean"] for p in pts], dtype=float)   # null (no CI) -> nan
+        c = backend.host.array([p[1]["ci95"] for p in pts], dtype=float)
         axes[1].plot(x, m, label=name)
         axes[1].fill_between(x, m - c, m + c, alpha=0.2)
     axes[1].set(xlabel="meta-step", title="held-out tasks (mean, 95% CI)")
     axes[1].legend(fontsize=8)
     fig.suptitle(f"{config['algorithm']} on {config['task']['name']}")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    runs.atomic_save(path, lambda f: fig.savefig(f, dpi=120, format="png"))   # never half a PNG
     plt.close(fig)
     return path
 
@@ -72,7 +72,7 @@ def sinusoid_adaptation(run_dir, path, shots=None, steps=(1, 10), seed=0):
     ax.set(xlabel="x", ylabel="y", title=f"{config['algorithm']}, K={len(sx)}")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    runs.atomic_save(path, lambda f: fig.savefig(f, dpi=120, format="png"))   # never half a PNG
     plt.close(fig)
     return path
 
@@ -82,6 +82,8 @@ def plot_run(run_dir, out=None):
     if not os.path.exists(os.path.join(run_dir, runs.CONFIG)):
         raise FileNotFoundError(f"{run_dir} is not a run directory (no {runs.CONFIG})")
     out = out or run_dir
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"{out} is a file, not a folder for the PNGs")
     os.makedirs(out, exist_ok=True)
     paths = [learning_curves(run_dir, os.path.join(out, "learning_curves.png"))]
     config = runs.read_json(os.path.join(run_dir, runs.CONFIG))
