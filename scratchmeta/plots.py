@@ -18,6 +18,17 @@ def _pyplot():
     return plt
 
 
+def save_figure(fig, path, dpi=120):
+    """Write a matplotlib figure to `path` atomically (never half a PNG); make its folder."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise ValueError(f"cannot write {path}: {folder} is a file, not a folder")
+    os.makedirs(folder, exist_ok=True)
+    fmt = os.path.splitext(path)[1].lstrip(".").lower() or "png"
+    runs.atomic_save(path, lambda f: fig.savefig(f, dpi=dpi, format=fmt))
+    return path
+
+
 def learning_curves(run_dir, path):
     """Held-out metric (mean and 95% CI band) and training loss against meta-steps."""
     records = runs.read_metrics(run_dir)
@@ -43,7 +54,7 @@ def learning_curves(run_dir, path):
     axes[1].legend(fontsize=8)
     fig.suptitle(f"{config['algorithm']} on {config['task']['name']}")
     fig.tight_layout()
-    runs.atomic_save(path, lambda f: fig.savefig(f, dpi=120, format="png"))   # never half a PNG
+    save_figure(fig, path)
     plt.close(fig)
     return path
 
@@ -72,7 +83,7 @@ def sinusoid_adaptation(run_dir, path, shots=None, steps=(1, 10), seed=0):
     ax.set(xlabel="x", ylabel="y", title=f"{config['algorithm']}, K={len(sx)}")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    runs.atomic_save(path, lambda f: fig.savefig(f, dpi=120, format="png"))   # never half a PNG
+    save_figure(fig, path)
     plt.close(fig)
     return path
 
