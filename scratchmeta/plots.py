@@ -59,9 +59,12 @@ def learning_curves(run_dir, path):
     return path
 
 
-def sinusoid_adaptation(run_dir, path, shots=None, steps=(1, 10), seed=0):
-    """Finn et al. 2017 Fig. 2: one held-out sine before and after 1 and 10 steps."""
-    config, learner, theta, _ = train.load_run(run_dir)
+def sinusoid_adaptation(run_dir, path, shots=None, steps=(1, 10), seed=0, loaded=None):
+    """Finn et al. 2017 Fig. 2: one held-out sine before and after 1 and 10 steps.
+
+    `loaded` is train.load_run(run_dir)'s result if the caller has it already.
+    """
+    config, learner, theta, _ = loaded or train.load_run(run_dir)
     if not hasattr(learner, "predict_adapted"):
         raise ValueError(f"{config['algorithm']} has no adaptation to plot")
     plt = _pyplot()
@@ -96,8 +99,10 @@ def plot_run(run_dir, out=None):
     if os.path.exists(out) and not os.path.isdir(out):
         raise ValueError(f"{out} is a file, not a folder for the PNGs")
     os.makedirs(out, exist_ok=True)
+    config = train.validate_config(runs.read_json(os.path.join(run_dir, runs.CONFIG)))
+    adaptation = config["task"]["name"] == "sinusoid" and config["algorithm"] != "cnp"
+    loaded = train.load_run(run_dir) if adaptation else None    # every file checked before writing
     paths = [learning_curves(run_dir, os.path.join(out, "learning_curves.png"))]
-    config = runs.read_json(os.path.join(run_dir, runs.CONFIG))
-    if config["task"]["name"] == "sinusoid" and config["algorithm"] != "cnp":
-        paths.append(sinusoid_adaptation(run_dir, os.path.join(out, "adaptation.png")))
+    if adaptation:
+        paths.append(sinusoid_adaptation(run_dir, os.path.join(out, "adaptation.png"), loaded=loaded))
     return paths

@@ -99,10 +99,10 @@ def meta_train(learner, sampler, steps, meta_batch, optimizer=None, seed=0, run_
     history, window = [], list(window or [])
     last_saved = start_step
 
-    def stop(what, step):
+    def stop(what, step, hint=""):
         where = (f"; the last good checkpoint (step {last_saved}) is kept in {run_dir}"
                  if run_dir is not None else "")
-        return NonFiniteLossError(f"{what} at step {step}{where}")
+        return NonFiniteLossError(f"{what} at step {step}{hint}{where}")
 
     bar = _progress(steps, start_step, progress, learner.name)
     try:
@@ -119,8 +119,8 @@ def meta_train(learner, sampler, steps, meta_batch, optimizer=None, seed=0, run_
             theta = optimizer.step(theta, grads)
             bad = _nonfinite_params(theta)
             if bad:
-                raise stop(f"parameters {', '.join(bad)} became NaN or inf (diverged: try a "
-                           f"smaller learning rate)", step)
+                raise stop(f"parameters {', '.join(bad)} became NaN or inf", step,
+                           " (diverged: try a smaller learning rate)")
             window.append(value)
             if step % 10 == 0 or step == steps:
                 bar.set_postfix(loss=f"{sum(window[-50:]) / len(window[-50:]):.4g}", refresh=False)
@@ -132,8 +132,8 @@ def meta_train(learner, sampler, steps, meta_batch, optimizer=None, seed=0, run_
                                   **(eval_options or {}))
                 head = result.get(learner.metric)
                 if head is not None and not math.isfinite(head["mean"]):
-                    raise stop(f"held-out {learner.metric} became {head['mean']} (the adapted "
-                               f"model diverged: try a smaller inner learning rate)", step)
+                    raise stop(f"held-out {learner.metric} became {head['mean']}", step,
+                               " (the adapted model diverged: try a smaller inner learning rate)")
                 record = {"step": step, "train_loss": sum(window) / len(window), "eval": result}
                 window = []
                 if head is not None:
@@ -344,7 +344,7 @@ def load_run(run_dir):
         backend.set_default_dtype(config["dtype"])
     try:
         learner = make_learner(config)
-    except (TypeError, AttributeError, KeyError, ZeroDivisionError, IndexError) as e:
+    except (ValueError, TypeError, AttributeError, KeyError, ZeroDivisionError, IndexError) as e:
         raise runs.RunFileError(f"{config_path}: cannot build the experiment from it "
                                 f"({type(e).__name__}: {e})") from None
     step, theta, *_ = runs.load_checkpoint(os.path.join(run_dir, runs.CHECKPOINT), config)
