@@ -82,6 +82,7 @@ if __name__ == "__main__":
     import argparse
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--train-steps", type=int, default=1000, help="MAML steps to the trained theta")
+    p.add_argument("--batches", type=int, default=4, help="batches of 25 tasks averaged")
     p.add_argument("--out", default="example-output", help="folder for hessian_term.png")
     a = p.parse_args()
-    main(train_steps=a.train_steps, png=os.path.join(a.out, "hessian_term.png"))
+    main(train_steps=a.train_steps, n_batches=a.batches, png=os.path.join(a.out, "hessian_term.png"))

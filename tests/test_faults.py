@@ -440,3 +440,28 @@ def test_twenty_random_sigkills_then_resume_equal_an_uninterrupted_run(tmp_path)
         np.testing.assert_array_equal(a[k], b[k])
     assert _records(os.path.join(cut, "metrics.jsonl")) == _records(os.path.join(full, "metrics.jsonl"))
     assert not [n for n in os.listdir(cut) if n.startswith(".tmp-")]
+
+
+# -- examples: help without running, outputs in --out ----------------------------------------------
+EXAMPLES = sorted(n for n in os.listdir(os.path.join(ROOT, "examples")) if n.endswith(".py"))
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_every_example_prints_help_without_running(name, tmp_path):
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "examples", name), "--help"],
+                          cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage:")
+    assert os.listdir(tmp_path) == []                               # nothing ran, nothing written
+
+
+def test_an_example_writes_into_out_from_any_folder_never_into_docs(tmp_path):
+    docs = os.path.join(ROOT, "docs", "hessian_term.png")
+    before = os.path.getmtime(docs) if os.path.exists(docs) else None
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "05_hessian_term.py"),
+                           "--train-steps", "2", "--batches", "1"],
+                          cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert os.path.getsize(tmp_path / "example-output" / "hessian_term.png") > 1000
+    assert (os.path.getmtime(docs) if os.path.exists(docs) else None) == before
+    assert not [n for n in os.listdir(tmp_path / "example-output") if n.startswith(".tmp-")]
