@@ -203,8 +203,9 @@ def _check_size(parser, config, batch):
     else:
         ways, shots, queries = task.get("n_way", 1), task.get("k_shot", 1), task.get("n_query", 1)
     points = batch * ways * (shots + queries)
-    if task["name"] == "linreg":                 # a prompt's attention is k x k
-        points = batch * max(shots + 1, 1) ** 2
+    if task["name"] == "linreg":                 # a prompt of n points: attention is 2n x 2n
+        ways, shots, queries = 1, 2 * task.get("n_points", 1), 0
+        points = batch * shots ** 2
     if points > MAX_POINTS:
         _fail(parser, f"this request draws {points:.3g} examples at once ({batch} tasks x {ways} "
                       f"ways x ({shots} shots + {queries} queries)); the bound is {MAX_POINTS:.0e}: "

@@ -22,8 +22,9 @@ def _applies(flag, task):
     """Whether an evaluation/task flag means something for `task` (else it is refused)."""
     if flag == "--noise-std":
         return task == "linreg", "the linreg task (label noise)"
-    if flag == "--queries":
-        return task != "linreg", "tasks with query sets (not linreg prompts)"
+    if flag in ("--queries", "--shots"):     # a prompt scores every k up to its n_points
+        return task != "linreg", ("tasks with support and query sets (a linreg prompt is scored "
+                                  "at every number of in-context examples k; see by_k)")
     if flag == "--data-root":
         return task not in REGRESSION + ("digits",), "dataset tasks (omniglot; glyphs: its cache)"
     return task not in REGRESSION, "classification tasks"           # --ways
@@ -31,7 +32,8 @@ def _applies(flag, task):
 
 def task_overrides(task, shots=None, ways=None, queries=None, data_root=None, noise_std=None):
     """Evaluation flags as changes to config["task"]; a flag the task has no use for is refused."""
-    given = {"--ways": ways, "--data-root": data_root, "--queries": queries, "--noise-std": noise_std}
+    given = {"--ways": ways, "--data-root": data_root, "--queries": queries, "--noise-std": noise_std,
+             "--shots": shots}
     for flag, value in given.items():
         applies, where = _applies(flag, task)
         if value is not None and not applies:
@@ -41,8 +43,6 @@ def task_overrides(task, shots=None, ways=None, queries=None, data_root=None, no
         over.update({"k_support": shots, "k_query": queries})
     elif task not in REGRESSION:
         over.update({"k_shot": shots, "n_way": ways, "n_query": queries, "data_root": data_root})
-    else:
-        over.update({"k_shot": shots})
     return {k: v for k, v in over.items() if v is not None}
 
 

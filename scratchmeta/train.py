@@ -266,10 +266,10 @@ def validate_config(config, path=runs.CONFIG):
             bad(f"task.{key}", value, "an integer >= 1")
     for section in ("model", "algo"):
         for key, value in config.get(section, {}).items():
-            if (key.endswith("_steps") or key in ("width", "depth", "heads", "hidden")) \
+            if key in ("inner_steps", "eval_inner_steps", "width", "depth", "heads", "hidden") \
                     and value is not None and not (_is_int(value) and value >= 1):
                 bad(f"{section}.{key}", value, "an integer >= 1")
-            if key.endswith("_lr") and not (_is_number(value) and value >= 0):
+            if key == "inner_lr" and not (_is_number(value) and value >= 0):
                 bad(f"{section}.{key}", value, "a finite number >= 0")
     return config
 

@@ -68,7 +68,8 @@ def _write_json(path, obj):
 @pytest.mark.parametrize("argv, message", [
     (["train", "maml", "--ways", "3"], "--ways applies to classification tasks, not 'sinusoid'"),
     (["train", "maml", "--data-root", "."], "--data-root applies to dataset tasks"),
-    (["train", "icl", "--queries", "3"], "--queries applies to tasks with query sets"),
+    (["train", "icl", "--queries", "3"], "--queries applies to tasks with support and query sets"),
+    (["train", "icl", "--shots", "3"], "--shots applies to tasks with support and query sets"),
     (["train", "maml", "--shots", str(10**12)], "draws 2.5e\\+13 examples at once"),
     (["train", "protonet", "--ways", "1000", "--shots", "5000", "--task", "digits"],
      "examples at once"),
