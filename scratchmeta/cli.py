@@ -152,6 +152,8 @@ def build_parser():
     e.add_argument("--seed", type=_int_at_least(0), default=None, help="held-out task seed")
     e.add_argument("--no-baselines", action="store_true", help="skip the baselines")
     e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (shown on stderr when it is a terminal)")
     _common(e)
 
     b = sub.add_parser("bench", help="benchmark against PyTorch, JAX and HIPS autograd",
@@ -342,7 +344,8 @@ def cmd_eval(parser, args):
                                          queries=args.queries, inner_steps=args.inner_steps,
                                          n_tasks=args.tasks, batch_size=args.batch_size,
                                          seed=args.seed, baselines=not args.no_baselines,
-                                         data_root=args.data_root, noise_std=args.noise_std)
+                                         data_root=args.data_root, noise_std=args.noise_std,
+                                         progress=not args.no_progress and sys.stderr.isatty())
     except (ValueError, FileNotFoundError) as e:
         _fail(parser, str(e))
     if args.json:

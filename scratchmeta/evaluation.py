@@ -47,8 +47,9 @@ def task_overrides(task, shots=None, ways=None, queries=None, data_root=None, no
 
 
 def evaluate_run(run_dir, shots=None, ways=None, queries=None, inner_steps=None, n_tasks=600,
-                 batch_size=100, seed=None, baselines=True, data_root=None, noise_std=None):
-    """Score the last checkpoint of `run_dir` on `n_tasks` held-out tasks."""
+                 batch_size=100, seed=None, baselines=True, data_root=None, noise_std=None,
+                 progress=False):
+    """Score the last checkpoint of `run_dir` on `n_tasks` held-out tasks (`progress`: a bar)."""
     config, learner, theta, step = train.load_run(run_dir)
     eval_config = copy.deepcopy(config)
     eval_config["task"].update(task_overrides(config["task"]["name"], shots, ways, queries, data_root,
@@ -59,7 +60,8 @@ def evaluate_run(run_dir, shots=None, ways=None, queries=None, inner_steps=None,
     options = {} if inner_steps is None else {"inner_steps": inner_steps}
     if not baselines:
         options["baselines"] = False  # learners may skip costly baselines
-    result = train.evaluate(learner, theta, sampler, n_tasks=n_tasks, batch_size=batch_size, **options)
+    result = train.evaluate(learner, theta, sampler, n_tasks=n_tasks, batch_size=batch_size,
+                            progress=progress, **options)
     if baselines:
         result.update(_extra_baselines(eval_config, learner, sampler, n_tasks, batch_size, seed, options))
     head = result.get(learner.metric)

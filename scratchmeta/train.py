@@ -44,22 +44,27 @@ def mean_ci95(values):
     return mean, float(1.96 * values.std(ddof=1) / math.sqrt(n))
 
 
-def evaluate(learner, theta, sampler, n_tasks=600, batch_size=None, **options):
+def evaluate(learner, theta, sampler, n_tasks=600, batch_size=None, progress=False, **options):
     """Score `n_tasks` held-out tasks; every per-task metric as {"mean", "ci95", "tasks"}.
 
     Tasks are drawn `batch_size` at a time (vectorised); numbers come back to
-    the host once, at the end.
+    the host once, at the end. `progress` shows a bar of tasks done (stderr).
     """
     if n_tasks < 1:
         raise ValueError(f"evaluate: n_tasks must be at least 1, got {n_tasks}")
     batch_size = batch_size or min(n_tasks, 100)
     chunks, done = {}, 0
+    bar = _progress(n_tasks, 0, progress, "held-out tasks") if progress else None
     while done < n_tasks:
         b = min(batch_size, n_tasks - done)
         out = learner.evaluate(theta, sampler.sample(b), **options)
         for name, per_task in out.items():
             chunks.setdefault(name, []).append(per_task)
         done += b
+        if bar is not None:
+            bar.update(b)
+    if bar is not None:
+        bar.close()
     result = {}
     for name, parts in chunks.items():
         values = backend.host.concatenate([backend.to_numpy(p).reshape(-1) for p in parts])
