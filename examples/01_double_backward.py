@@ -67,4 +67,6 @@ def main(x0=0.5, point=(1.0, 2.0), vector=(1.0, -1.0), eps=1e-5, verbose=True):
 
 
 if __name__ == "__main__":
+    import argparse
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()   # --help only
     main()

@@ -9,12 +9,14 @@ learns theta such that one step of Eq. 1,
 fits a new sinusoid; Eq. 3 trains theta through that step (second order).
 The baseline regresses all tasks jointly, then fine-tunes with the same
 steps. Both are scored on 600 held-out tasks after 1 and 10 steps, with
-K = 5 and K = 10 support points (mean +- 95% CI), and docs/maml_sine.png
-shows one held-out task before and after 1 and 10 steps, as the paper's
-Fig. 2 does.
+K = 5 and K = 10 support points (mean +- 95% CI), and maml_sine.png shows
+one held-out task before and after 1 and 10 steps, as the paper's Fig. 2
+does (written to --out, default ./example-output; docs/maml_sine.png is
+this figure).
 
     python examples/02_maml_sine.py            # about a minute on 2 CPU cores
 """
+import argparse
 import os
 import time
 
@@ -22,12 +24,10 @@ import numpy as np
 
 import scratchmeta as sm
 from scratchmeta import nn, train
+from scratchmeta.plots import save_figure
 from scratchmeta.algorithms import common, maml, pretrained
 from scratchmeta.optim import Adam
 from scratchmeta.tasks.regression import Sinusoid
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-
 
 def adapted_curves(model, theta, task, alpha, steps, grid):
     """Predictions on `grid` after 0..max(steps) SGD steps on the task's support set."""
@@ -69,7 +69,7 @@ def plot(model, theta, base, alpha, k_support, path, seed=2024):
         ax.set_xlabel("x")
     axes[0].legend(fontsize=8, loc="lower left")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -86,12 +86,12 @@ def score(model, params, alpha, k_support, n_tasks, seed=7):
 
 
 def main(steps=3000, meta_batch=25, alpha=0.01, n_tasks=600, pretrain_steps=3000, seed=0,
-         png=os.path.join(HERE, "..", "docs", "maml_sine.png")):
+         png=None, progress=True):
     model = nn.MLP((1, 40, 40, 1))
     learner = maml.MAML(model, inner_lr=alpha, inner_steps=1)
     t0 = time.time()
     theta, _ = train.meta_train(learner, Sinusoid(seed=seed), steps, meta_batch,
-                                optimizer=Adam(lr=1e-3), seed=seed, progress=False)
+                                optimizer=Adam(lr=1e-3), seed=seed, progress=progress)
     t_maml = time.time() - t0
     t0 = time.time()
     base = pretrained.pretrain(model, Sinusoid(seed=seed + 1), pretrain_steps, seed=seed,
@@ -115,4 +115,12 @@ def main(steps=3000, meta_batch=25, alpha=0.01, n_tasks=600, pretrain_steps=3000
 
 
 if __name__ == "__main__":
-    main()
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=3000, help="MAML meta-steps")
+    p.add_argument("--pretrain-steps", type=int, default=3000, help="steps of the pretrained baseline")
+    p.add_argument("--tasks", type=int, default=600, help="held-out tasks")
+    p.add_argument("--out", default="example-output", help="folder for maml_sine.png")
+    p.add_argument("--no-progress", action="store_true")
+    a = p.parse_args()
+    main(steps=a.steps, pretrain_steps=a.pretrain_steps, n_tasks=a.tasks,
+         png=os.path.join(a.out, "maml_sine.png"), progress=not a.no_progress)

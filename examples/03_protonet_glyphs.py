@@ -54,7 +54,7 @@ def check_on_episode(learner, theta, batch):
 
 def main(algorithm="protonet", shots=(1,), n_way=5, hidden=32, steps=300, train_ways=None,
          train_queries=5, n_test=600, test_queries=15, lr=1e-3, seed=0, dtype="float32",
-         progress=False):
+         progress=True):
     sm.set_default_dtype(dtype)
     results = {}
     for k_shot in shots:
@@ -93,7 +93,7 @@ if __name__ == "__main__":
     p.add_argument("--hidden", type=int, default=32, help="Conv4 filters (64 in the paper)")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--test-episodes", type=int, default=600)
-    p.add_argument("--progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     a = p.parse_args()
     main(algorithm=a.algorithm, shots=tuple(a.shots), n_way=a.ways, hidden=a.hidden,
-         steps=a.steps, train_ways=a.train_ways, n_test=a.test_episodes, progress=a.progress)
+         steps=a.steps, train_ways=a.train_ways, n_test=a.test_episodes, progress=not a.no_progress)

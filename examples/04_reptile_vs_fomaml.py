@@ -43,4 +43,9 @@ def main(steps=2000, meta_batch=25, n_tasks=600, seed=0):
 
 
 if __name__ == "__main__":
-    main()
+    import argparse
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=2000, help="meta-steps of each algorithm")
+    p.add_argument("--tasks", type=int, default=600, help="held-out tasks")
+    a = p.parse_args()
+    main(steps=a.steps, n_tasks=a.tasks)

@@ -11,7 +11,8 @@ a batch of 25 sinusoid tasks, the cosine similarity between the MAML and
 FOMAML meta-gradients and the norm ratios |FOMAML| / |MAML| and
 |Hessian term| / |MAML|, at a random initialisation and at a
 MAML-trained theta (where the loss is more curved around the fitted
-sinusoids), and plots them in docs/hessian_term.png.
+sinusoids), and plots them in hessian_term.png (in --out, default ./example-output;
+docs/hessian_term.png is this figure).
 
     python examples/05_hessian_term.py
 """
@@ -24,7 +25,6 @@ from scratchmeta.algorithms import maml
 from scratchmeta.optim import Adam
 from scratchmeta.tasks.regression import Sinusoid
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def flat(grads):
@@ -42,7 +42,7 @@ def compare(model, theta, batch, alpha, steps=1):
 
 
 def main(alphas=(0.001, 0.003, 0.01, 0.03, 0.1, 0.3), train_steps=1000, n_batches=4, seed=0,
-         png=os.path.join(HERE, "..", "docs", "hessian_term.png")):
+         png=None):
     model = nn.MLP((1, 40, 40, 1))
     learner = maml.MAML(model, inner_lr=0.01, inner_steps=1)
     thetas = {"init": learner.init(seed)}
@@ -71,11 +71,18 @@ def main(alphas=(0.001, 0.003, 0.01, 0.03, 0.1, 0.3), train_steps=1000, n_batche
         axes[1].set(xlabel="inner step alpha", ylabel="|Hessian term| / |MAML gradient|")
         axes[0].legend()
         fig.tight_layout()
-        fig.savefig(png, dpi=110)
+        from scratchmeta.plots import save_figure
+        save_figure(fig, png, dpi=110)
         plt.close(fig)
         print(f"wrote {os.path.normpath(png)}")
     return table
 
 
 if __name__ == "__main__":
-    main()
+    import argparse
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--train-steps", type=int, default=1000, help="MAML steps to the trained theta")
+    p.add_argument("--batches", type=int, default=4, help="batches of 25 tasks averaged")
+    p.add_argument("--out", default="example-output", help="folder for hessian_term.png")
+    a = p.parse_args()
+    main(train_steps=a.train_steps, n_batches=a.batches, png=os.path.join(a.out, "hessian_term.png"))

@@ -25,11 +25,10 @@ FOMAML and Reptile.
     OPENBLAS_NUM_THREADS=1 python examples/06_fewshot_table.py --shots 1 5 --scale 1 --test-episodes 600
 """
 import argparse
-import json
 import time
 
 import scratchmeta as sm
-from scratchmeta import train
+from scratchmeta import runs, train
 from scratchmeta.algorithms import make_learner
 from scratchmeta.optim import make_optimizer
 
@@ -60,7 +59,7 @@ def experiment(algorithm, task, k_shot, n_way, hidden, train_queries, test_queri
 
 def main(task="glyphs", shots=(1,), n_way=5, hidden=32, algorithms=ALGORITHMS, scale=0.2,
          n_test=100, test_queries=5, train_queries=5, seed=0, dtype="float32", data_root=None,
-         batch_size=10, json_path=None, progress=False):
+         batch_size=10, json_path=None, progress=True):
     sm.set_default_dtype(dtype)
     rows = []
     for k_shot in shots:
@@ -94,12 +93,11 @@ def main(task="glyphs", shots=(1,), n_way=5, hidden=32, algorithms=ALGORITHMS, s
                   f"episodes, train {row['train_s']} s, eval {row['eval_s']} s)", flush=True)
     print()
     print(table(rows, n_way))
-    if json_path:
-        with open(json_path, "w") as f:
-            json.dump({"settings": {"task": task, "n_way": n_way, "hidden": hidden, "scale": scale,
+    if json_path:                          # written whole or not at all
+        runs.write_json(json_path, {"settings": {"task": task, "n_way": n_way, "hidden": hidden, "scale": scale,
                                     "n_test": n_test, "test_queries": test_queries,
                                     "train_queries": train_queries, "seed": seed, "dtype": dtype,
-                                    "backend": sm.get_backend()}, "rows": rows}, f, indent=1)
+                                    "backend": sm.get_backend()}, "rows": rows})
     return rows
 
 
@@ -132,11 +130,11 @@ if __name__ == "__main__":
                    help="test episodes (600 for the protocol of docs/results.md)")
     p.add_argument("--test-queries", type=int, default=5, help="queries a class in test episodes")
     p.add_argument("--backend", default="numpy", choices=("numpy", "cupy"))
-    p.add_argument("--json", default=None, help="also write the rows here")
-    p.add_argument("--progress", action="store_true")
+    p.add_argument("--json", default=None, help="also write the rows to this file")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     a = p.parse_args()
     sm.set_backend(a.backend)
     main(task=a.task, shots=tuple(a.shots), n_way=a.ways, hidden=a.hidden,
          algorithms=tuple(a.algorithms), scale=a.scale, n_test=a.test_episodes,
          test_queries=a.test_queries, data_root=a.data_root, json_path=a.json,
-         progress=a.progress)
+         progress=not a.no_progress)

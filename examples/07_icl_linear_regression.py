@@ -15,9 +15,12 @@ the number of in-context examples k, with the interpolation threshold k = d.
     python examples/07_icl_linear_regression.py --noise-std 0.5 --figure icl_noisy.png
                                                                # noisy prompts, y = w.x + eps
     scratchmeta train icl --task linreg --dtype float32 --steps 40000 --eval-every 0 --out RUN
-    python examples/07_icl_linear_regression.py --run RUN      # score a saved run: docs/icl.png
+    python examples/07_icl_linear_regression.py --run RUN      # score a saved run (docs/icl.png)
     python examples/07_icl_linear_regression.py --run RUN --noise-std 0.5 \
-        --figure docs/icl_noisy_zero_shot.png                  # the same model, zero-shot on noisy prompts
+        --figure icl_noisy_zero_shot.png                       # the same model, zero-shot on noisy prompts
+
+Figures go to --out (default ./example-output); a bare --figure name is a
+file in that folder. Nothing is written into docs/.
 
 With --noise-std the table and the figure's second panel add the error
 against the clean target w.x_query (the excess risk); the error against the
@@ -32,6 +35,7 @@ k = 2d; trained on noisy prompts (noise 0.5, 30,000 steps) the model is within
 """
 import argparse
 import copy
+import os
 import time
 
 import scratchmeta as sm
@@ -84,7 +88,9 @@ def plot(result, n_dims, n_points, path, noise_std=0.0):
         _panel(ax_clean, result, n_dims, n_points, "clean_by_k",
                "error against the clean target w.x (excess risk)")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    from scratchmeta.plots import save_figure
+    save_figure(fig, path)
+    plt.close(fig)
     print(f"saved {path}")
 
 
@@ -106,7 +112,7 @@ def print_table(result, n_dims, n_points, eval_prompts, prefix="by_k", noisy=Fal
 
 def main(steps=4000, n_dims=5, n_points=15, width=32, depth=3, heads=4, lr=1e-3,
          interval=500, meta_batch=64, eval_prompts=2000, seed=0, dtype="float32",
-         figure="docs/icl.png", progress=True, noise_std=0.0):
+         figure=None, progress=True, noise_std=0.0):
     config = copy.deepcopy(icl.default_config("linreg"))
     config["task"].update(n_dims=n_dims, n_points=n_points, noise_std=noise_std)
     cur = config["task"]["curriculum"]
@@ -164,13 +170,15 @@ if __name__ == "__main__":
                    help="label noise: y = w.x + eps, eps ~ N(0, noise_std^2) (default 0)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-prompts", type=int, default=2000, help="held-out prompts")
-    p.add_argument("--figure", default="docs/icl.png")
+    p.add_argument("--out", default="example-output", help="folder for the figure")
+    p.add_argument("--figure", default="icl.png", help="the figure's file name (in --out)")
     p.add_argument("--run", metavar="DIR",
                    help="evaluate the saved run DIR (scratchmeta train icl --out DIR) instead of "
                         "training; with --noise-std, on prompts of that noise")
     a = p.parse_args()
     if not 0 <= a.noise_std < float("inf"):
         p.error(f"--noise-std must be a finite number >= 0, got {a.noise_std}")
+    a.figure = os.path.join(a.out, a.figure)
     if a.run:
         evaluate_saved(a.run, eval_prompts=a.eval_prompts, figure=a.figure,
                        noise_std=a.noise_std if a.noise_std else None)

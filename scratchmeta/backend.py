@@ -154,9 +154,27 @@ def synchronize():
         _state["module"].cuda.get_current_stream().synchronize()
 
 
-_env = os.environ.get("SCRATCHMETA_BACKEND")
-if _env:
-    set_backend(_env.strip().lower())
-_env_dtype = os.environ.get("SCRATCHMETA_DTYPE")
-if _env_dtype:
-    set_default_dtype(_env_dtype.strip().lower())
+def _from_environment():
+    """Apply $SCRATCHMETA_BACKEND and $SCRATCHMETA_DTYPE; a bad value names its variable.
+
+    Under the `scratchmeta` command (which cannot catch an error raised while
+    the package is imported) a bad value is one line and exit status 2, as any
+    bad flag is; any other program gets a ValueError.
+    """
+    import sys
+    for var, apply in (("SCRATCHMETA_BACKEND", set_backend), ("SCRATCHMETA_DTYPE", set_default_dtype)):
+        value = os.environ.get(var)
+        if not value:
+            continue
+        try:
+            apply(value.strip().lower())
+        except (ValueError, RuntimeError) as e:
+            message = f"environment variable {var}={value!r}: {e} (or unset it)"
+            argv = list(getattr(sys, "orig_argv", sys.argv))
+            if os.path.basename(sys.argv[0]) == "scratchmeta" or argv[1:3] == ["-m", "scratchmeta"]:
+                sys.stderr.write(f"scratchmeta: error: {message}\n")
+                raise SystemExit(2) from None
+            raise ValueError(message) from None
+
+
+_from_environment()

@@ -5,6 +5,8 @@
      "baselines": {"pretrained": {"mean": ..., "ci95": ...}, ...}, ...}
 """
 import copy
+import math
+import sys
 
 from . import train
 
@@ -13,23 +15,41 @@ BY_K = "by_k/"
 CLEAN_BY_K = "clean_by_k/"      # noisy prompts: errors against the clean target (excess risk)
 
 
+REGRESSION = ("sinusoid", "linreg")     # every other task is N-way classification
+
+
+def _applies(flag, task):
+    """Whether an evaluation/task flag means something for `task` (else it is refused)."""
+    if flag == "--noise-std":
+        return task == "linreg", "the linreg task (label noise)"
+    if flag in ("--queries", "--shots"):     # a prompt scores every k up to its n_points
+        return task != "linreg", ("tasks with support and query sets (a linreg prompt is scored "
+                                  "at every number of in-context examples k; see by_k)")
+    if flag == "--data-root":
+        return task not in REGRESSION + ("digits",), "dataset tasks (omniglot; glyphs: its cache)"
+    return task not in REGRESSION, "classification tasks"           # --ways
+
+
 def task_overrides(task, shots=None, ways=None, queries=None, data_root=None, noise_std=None):
-    """Evaluation flags as changes to config["task"]."""
-    if noise_std is not None and task != "linreg":
-        raise ValueError(f"--noise-std applies to the linreg task (label noise), not {task!r}")
+    """Evaluation flags as changes to config["task"]; a flag the task has no use for is refused."""
+    given = {"--ways": ways, "--data-root": data_root, "--queries": queries, "--noise-std": noise_std,
+             "--shots": shots}
+    for flag, value in given.items():
+        applies, where = _applies(flag, task)
+        if value is not None and not applies:
+            raise ValueError(f"{flag} applies to {where}, not {task!r}")
     over = {"noise_std": noise_std}
     if task == "sinusoid":
         over.update({"k_support": shots, "k_query": queries})
-    elif task in ("glyphs", "omniglot", "digits"):
+    elif task not in REGRESSION:
         over.update({"k_shot": shots, "n_way": ways, "n_query": queries, "data_root": data_root})
-    else:
-        over.update({"k_shot": shots})
     return {k: v for k, v in over.items() if v is not None}
 
 
 def evaluate_run(run_dir, shots=None, ways=None, queries=None, inner_steps=None, n_tasks=600,
-                 batch_size=100, seed=None, baselines=True, data_root=None, noise_std=None):
-    """Score the last checkpoint of `run_dir` on `n_tasks` held-out tasks."""
+                 batch_size=100, seed=None, baselines=True, data_root=None, noise_std=None,
+                 progress=False):
+    """Score the last checkpoint of `run_dir` on `n_tasks` held-out tasks (`progress`: a bar)."""
     config, learner, theta, step = train.load_run(run_dir)
     eval_config = copy.deepcopy(config)
     eval_config["task"].update(task_overrides(config["task"]["name"], shots, ways, queries, data_root,
@@ -40,12 +60,17 @@ def evaluate_run(run_dir, shots=None, ways=None, queries=None, inner_steps=None,
     options = {} if inner_steps is None else {"inner_steps": inner_steps}
     if not baselines:
         options["baselines"] = False  # learners may skip costly baselines
-    result = train.evaluate(learner, theta, sampler, n_tasks=n_tasks, batch_size=batch_size, **options)
+    result = train.evaluate(learner, theta, sampler, n_tasks=n_tasks, batch_size=batch_size,
+                            progress=progress, **options)
     if baselines:
         result.update(_extra_baselines(eval_config, learner, sampler, n_tasks, batch_size, seed, options))
     head = result.get(learner.metric)
     if head is None:
         raise ValueError(f"{learner.name}.evaluate returned no {learner.metric!r}")
+    if not math.isfinite(head["mean"]):
+        raise FloatingPointError(
+            f"held-out {learner.metric} of {run_dir} (step {step}) is {head['mean']}: the adapted "
+            f"model diverged (try fewer --inner-steps, or retrain with a smaller --inner-lr)")
     report = {"algorithm": config["algorithm"], "task": eval_config["task"], "step": step,
               "metric": learner.metric, "mean": head["mean"], "ci95": head["ci95"],
               "tasks": head["tasks"], "options": options, "baselines": {}, "metrics": {}}
@@ -74,18 +99,29 @@ def _extra_baselines(config, learner, sampler, n_tasks, batch_size, seed, option
     if hook is None:
         return {}
     fresh = train.make_sampler(config, "test", seed=seed)          # the same held-out tasks
+    if options.get("baselines", True) and config["task"]["name"] == "sinusoid":
+        from .tasks.datasets import default_cache_dir
+        print(f"baselines: the pretrained baseline is trained once ({config['steps']} steps) and "
+              f"cached in {default_cache_dir()}; --no-baselines skips it", file=sys.stderr, flush=True)
     return hook(config, learner, fresh, n_tasks=n_tasks, batch_size=batch_size, **options)
+
+
+def _pm(value):
+    """'mean +- ci' of a {"mean", "ci95"} entry; a missing interval (one task) as 'n/a'."""
+    ci = value.get("ci95")
+    ci = "n/a" if ci is None or not math.isfinite(ci) else f"{ci:.2g}"
+    return f"{value['mean']:.4g} +- {ci}"
 
 
 def format_report(report):
     """A few readable lines."""
     lines = [f"{report['algorithm']} on {report['task']['name']} (step {report['step']}): "
-             f"{report['metric']} = {report['mean']:.4g} +- {report['ci95']:.2g} "
+             f"{report['metric']} = {_pm(report)} "
              f"(95% CI, {report['tasks']} tasks)"]
     for name, value in sorted(report["baselines"].items()):
-        lines.append(f"  baseline {name:<14} {value['mean']:.4g} +- {value['ci95']:.2g}")
+        lines.append(f"  baseline {name:<14} {_pm(value)}")
     for name, value in sorted(report["metrics"].items()):
-        lines.append(f"  {name:<23} {value['mean']:.4g} +- {value['ci95']:.2g}")
+        lines.append(f"  {name:<23} {_pm(value)}")
     for key, label in (("by_k", ""), ("clean_by_k", "clean ")):
         for k, methods in report.get(key, {}).items():
             lines.append(f"  {label}k={k:<4} " + "  ".join(f"{m} {v:.3g}" for m, v in sorted(methods.items())))

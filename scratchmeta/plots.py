@@ -18,13 +18,24 @@ def _pyplot():
     return plt
 
 
+def save_figure(fig, path, dpi=120):
+    """Write a matplotlib figure to `path` atomically (never half a PNG); make its folder."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise ValueError(f"cannot write {path}: {folder} is a file, not a folder")
+    os.makedirs(folder, exist_ok=True)
+    fmt = os.path.splitext(path)[1].lstrip(".").lower() or "png"
+    runs.atomic_save(path, lambda f: fig.savefig(f, dpi=dpi, format=fmt))
+    return path
+
+
 def learning_curves(run_dir, path):
     """Held-out metric (mean and 95% CI band) and training loss against meta-steps."""
     records = runs.read_metrics(run_dir)
     if not records:
         raise ValueError(f"{run_dir} has no evaluations in {runs.METRICS} to plot "
                          f"(train with --eval-every N)")
-    config = runs.read_json(os.path.join(run_dir, runs.CONFIG))
+    config = train.validate_config(runs.read_json(os.path.join(run_dir, runs.CONFIG)))
     plt = _pyplot()
     steps = [r["step"] for r in records]
     names = sorted({k for r in records for k in r["eval"]
@@ -35,22 +46,25 @@ def learning_curves(run_dir, path):
     for name in names:
         pts = [(r["step"], r["eval"][name]) for r in records if name in r["eval"]]
         x = backend.host.array([p[0] for p in pts])
-        m = backend.host.array([p[1]["mean"] for p in pts])
-        c = backend.host.array([p[1]["ci95"] for p in pts])
+        m = backend.host.array([p[1]["mean"] for p in pts], dtype=float)   # null (no CI) -> nan
+        c = backend.host.array([p[1]["ci95"] for p in pts], dtype=float)
         axes[1].plot(x, m, label=name)
         axes[1].fill_between(x, m - c, m + c, alpha=0.2)
     axes[1].set(xlabel="meta-step", title="held-out tasks (mean, 95% CI)")
     axes[1].legend(fontsize=8)
     fig.suptitle(f"{config['algorithm']} on {config['task']['name']}")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
     plt.close(fig)
     return path
 
 
-def sinusoid_adaptation(run_dir, path, shots=None, steps=(1, 10), seed=0):
-    """Finn et al. 2017 Fig. 2: one held-out sine before and after 1 and 10 steps."""
-    config, learner, theta, _ = train.load_run(run_dir)
+def sinusoid_adaptation(run_dir, path, shots=None, steps=(1, 10), seed=0, loaded=None):
+    """Finn et al. 2017 Fig. 2: one held-out sine before and after 1 and 10 steps.
+
+    `loaded` is train.load_run(run_dir)'s result if the caller has it already.
+    """
+    config, learner, theta, _ = loaded or train.load_run(run_dir)
     if not hasattr(learner, "predict_adapted"):
         raise ValueError(f"{config['algorithm']} has no adaptation to plot")
     plt = _pyplot()
@@ -72,7 +86,7 @@ def sinusoid_adaptation(run_dir, path, shots=None, steps=(1, 10), seed=0):
     ax.set(xlabel="x", ylabel="y", title=f"{config['algorithm']}, K={len(sx)}")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
     plt.close(fig)
     return path
 
@@ -82,9 +96,13 @@ def plot_run(run_dir, out=None):
     if not os.path.exists(os.path.join(run_dir, runs.CONFIG)):
         raise FileNotFoundError(f"{run_dir} is not a run directory (no {runs.CONFIG})")
     out = out or run_dir
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"{out} is a file, not a folder for the PNGs")
     os.makedirs(out, exist_ok=True)
+    config = train.validate_config(runs.read_json(os.path.join(run_dir, runs.CONFIG)))
+    adaptation = config["task"]["name"] == "sinusoid" and config["algorithm"] != "cnp"
+    loaded = train.load_run(run_dir) if adaptation else None    # every file checked before writing
     paths = [learning_curves(run_dir, os.path.join(out, "learning_curves.png"))]
-    config = runs.read_json(os.path.join(run_dir, runs.CONFIG))
-    if config["task"]["name"] == "sinusoid" and config["algorithm"] != "cnp":
-        paths.append(sinusoid_adaptation(run_dir, os.path.join(out, "adaptation.png")))
+    if adaptation:
+        paths.append(sinusoid_adaptation(run_dir, os.path.join(out, "adaptation.png"), loaded=loaded))
     return paths

@@ -6,11 +6,15 @@
 
 Every file is written to a temporary file in the same directory and renamed
 over the old one (os.replace is atomic), so a process killed at any moment
-leaves either the old file or the new one, never half of one.
+leaves either the old file or the new one, never half of one. A process
+killed between the two leaves a `.tmp-*` file, which `clean_temp_files`
+removes when the run resumes. metrics.jsonl is appended to, one line per
+record; a line torn by a kill is the last one, and `read_metrics` drops it.
 """
 import hashlib
 import io
 import json
+import math
 import os
 import tempfile
 import zipfile
@@ -23,39 +27,102 @@ CONFIG, METRICS, CHECKPOINT = "config.json", "metrics.jsonl", "checkpoint.npz"
 FORMAT = 1
 
 
+TEMP_PREFIX = ".tmp-"
+
+
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used: corrupt, truncated, or from another model."""
 
 
+class RunFileError(ValueError):
+    """A run file (config.json, metrics.jsonl) that cannot be read as written."""
+
+
+class WriteError(OSError):
+    """Writing an output file failed (disk full, read-only, ...); the message names the file."""
+
+
 def atomic_write_bytes(path, data):
-    """Write `data` to `path` through a temporary file and a rename."""
+    """Write `data` to `path` through a temporary file and a rename.
+
+    On failure the old file (if any) is left as it was, the temporary file is
+    removed, and WriteError names `path`.
+    """
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=folder)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as e:
+        if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(e, OSError) and not isinstance(e, WriteError):
+            raise WriteError(f"cannot write {path}: {e.strerror or e}") from e
         raise
 
 
+def atomic_save(path, save):
+    """`save(file_object)` into memory, then `atomic_write_bytes` (e.g. a figure's savefig)."""
+    buf = io.BytesIO()
+    save(buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def clean_temp_files(run_dir):
+    """Remove `.tmp-*` files left by a process killed between writing and renaming."""
+    removed = []
+    for name in sorted(os.listdir(run_dir)):
+        if name.startswith(TEMP_PREFIX):
+            os.remove(os.path.join(run_dir, name))
+            removed.append(name)
+    return removed
+
+
+def finite_or_none(obj):
+    """`obj` with every NaN or inf float replaced by None: what JSON can hold (null)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_none(v) for v in obj]
+    return obj
+
+
+def dumps(obj, **kw):
+    """json.dumps that never writes NaN or Infinity (not JSON): they become null."""
+    return json.dumps(finite_or_none(obj), allow_nan=False, **kw)
+
+
 def write_json(path, obj):
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write_bytes(path, (dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
 def read_json(path):
-    with open(path) as f:
-        return json.load(f)
+    """A JSON file's content; a file that is not JSON raises RunFileError naming it."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except UnicodeDecodeError as e:
+        raise RunFileError(f"{path} is not a text JSON file ({e.reason})") from None
+    except json.JSONDecodeError as e:
+        raise RunFileError(f"{path} is not valid JSON: {e}") from None
 
 
 def fingerprint(config):
     """What must match for a checkpoint to fit: algorithm, model, task and algorithm settings."""
     key = {k: config.get(k) for k in ("algorithm", "model", "algo", "task")}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def settings(config):
+    """What else a checkpoint must agree with: the seed, the optimiser and the dtype."""
+    return {"seed": config.get("seed"), "optimizer": config.get("optimizer"),
+            "dtype": config.get("dtype")}
 
 
 def save_checkpoint(run_dir, step, theta, optimizer, sampler, config, extra=None):
@@ -67,6 +134,7 @@ def save_checkpoint(run_dir, step, theta, optimizer, sampler, config, extra=None
     for name, t in tensors.items():
         arrays[f"opt/{name}"] = backend.to_numpy(t.data)
     meta = {"format": FORMAT, "step": int(step), "fingerprint": fingerprint(config),
+            "settings": settings(config),
             "optimizer": scalars, "sampler": sampler.state_dict() if sampler is not None else None,
             "shapes": {k: list(t.shape) for k, t in theta.items()}, "extra": extra or {}}
     arrays["meta"] = backend.host.frombuffer(json.dumps(meta).encode(), dtype=backend.host.uint8)
@@ -84,6 +152,11 @@ def load_checkpoint(path, config=None):
         path = os.path.join(path, CHECKPOINT)
     if not os.path.exists(path):
         raise CheckpointError(f"no checkpoint at {path}")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"PK\x03\x04":                  # every .npz is a zip archive
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated (not an .npz archive, "
+                              f"{os.path.getsize(path)} bytes)")
     try:
         with backend.host.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
@@ -96,6 +169,8 @@ def load_checkpoint(path, config=None):
         raise CheckpointError(
             f"checkpoint {path} belongs to another experiment (algorithm, model, task or "
             f"settings differ from {CONFIG}); refusing to load it")
+    if config is not None:
+        _check_settings(path, meta, arrays, config)
     theta = OrderedDict()
     for name, shape in meta["shapes"].items():
         key = f"theta/{name}"
@@ -104,6 +179,21 @@ def load_checkpoint(path, config=None):
         theta[name] = Tensor(backend.asarray(arrays[key]), requires_grad=True)
     opt_tensors = {k[4:]: Tensor(backend.asarray(v)) for k, v in arrays.items() if k.startswith("opt/")}
     return meta["step"], theta, meta["optimizer"], opt_tensors, meta["sampler"], meta.get("extra", {})
+
+
+def _check_settings(path, meta, arrays, config):
+    """Refuse a checkpoint trained with another seed, optimiser or dtype than `config`'s."""
+    saved, wanted = meta.get("settings"), settings(config)
+    for key in ("seed", "optimizer"):
+        if saved is not None and saved.get(key) != wanted[key]:
+            raise CheckpointError(
+                f"checkpoint {path} was trained with {key} {json.dumps(saved.get(key))}, "
+                f"{CONFIG} says {json.dumps(wanted[key])}; refusing to continue it")
+    dtypes = {str(v.dtype) for k, v in arrays.items() if k.startswith("theta/")}
+    if wanted["dtype"] and dtypes and dtypes != {wanted["dtype"]}:
+        raise CheckpointError(
+            f"checkpoint {path} holds {'/'.join(sorted(dtypes))} parameters, {CONFIG} says "
+            f"dtype {wanted['dtype']}; refusing to convert them")
 
 
 def check_params_match(theta, reference):
@@ -117,28 +207,60 @@ def check_params_match(theta, reference):
 
 
 def append_metrics(run_dir, record):
-    with open(os.path.join(run_dir, METRICS), "a") as f:
-        f.write(json.dumps(record) + "\n")
+    path = os.path.join(run_dir, METRICS)
+    line = dumps(record) + "\n"
+    try:
+        with open(path, "a") as f:
+            f.write(line)
+            f.flush()
+    except OSError as e:
+        raise WriteError(f"cannot write {path}: {e.strerror or e}") from e
+
+
+def _metrics_lines(run_dir):
+    """(records, torn): the records of metrics.jsonl and whether its last line was torn.
+
+    A kill while appending can leave only the last line incomplete; any other
+    line that is not JSON means the file was damaged otherwise, and RunFileError
+    names it (nothing is rewritten).
+    """
+    path = os.path.join(run_dir, METRICS)
+    if not os.path.exists(path):
+        return [], False
+    with open(path, "rb") as f:
+        raw = f.read()
+    lines = raw.split(b"\n")
+    records, torn = [], False
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line.decode())
+            if not isinstance(record, dict):
+                raise ValueError("not an object")
+        except (ValueError, UnicodeDecodeError):
+            if number == len(lines) and not raw.endswith(b"\n"):
+                torn = True                     # the last line, cut by a kill
+                continue
+            raise RunFileError(f"{path} line {number} is not a JSON record; fix or remove that "
+                               f"line (nothing was changed)") from None
+        records.append(record)
+    return records, torn or (bool(raw) and not raw.endswith(b"\n"))
 
 
 def read_metrics(run_dir):
-    path = os.path.join(run_dir, METRICS)
-    if not os.path.exists(path):
-        return []
-    records = []
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if line:
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError:
-                    break                      # a line cut by a kill: ignore it and what follows
-    return records
+    """The records of metrics.jsonl (a last line torn by a kill is left out)."""
+    return _metrics_lines(run_dir)[0]
 
 
 def truncate_metrics(run_dir, step):
-    """Keep only the records up to `step` (a resumed run re-logs the rest)."""
-    kept = [r for r in read_metrics(run_dir) if r.get("step", 0) <= step]
-    atomic_write_bytes(os.path.join(run_dir, METRICS),
-                       "".join(json.dumps(r) + "\n" for r in kept).encode())
+    """Keep only the records up to `step` (a resumed run re-logs the rest); repair a torn line.
+
+    The file is rewritten (atomically) only if something changes.
+    """
+    records, torn = _metrics_lines(run_dir)
+    kept = [r for r in records if r.get("step", 0) <= step]
+    if torn or len(kept) != len(records):
+        atomic_write_bytes(os.path.join(run_dir, METRICS),
+                           "".join(dumps(r) + "\n" for r in kept).encode())
+    return len(records) - len(kept), torn

@@ -93,7 +93,8 @@ def _theta(run_dir):
 
 def test_killed_at_a_random_moment_then_resumed_ends_bit_for_bit(tmp_path):
     args = ["train", "maml", "--task", "sinusoid", "--steps", "600", "--meta-batch", "2",
-            "--checkpoint-every", "7", "--eval-every", "0", "--no-progress", "--seed", "3"]
+            "--checkpoint-every", "7", "--eval-every", "10", "--eval-tasks", "4", "--no-progress",
+            "--seed", "3"]
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     full = str(tmp_path / "full")
     subprocess.run([sys.executable, "-m", "scratchmeta", *args, "--out", full], check=True,
@@ -116,6 +117,10 @@ def test_killed_at_a_random_moment_then_resumed_ends_bit_for_bit(tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         np.testing.assert_array_equal(a[k], b[k])
+    with open(os.path.join(full, "metrics.jsonl"), "rb") as f, \
+            open(os.path.join(cut, "metrics.jsonl"), "rb") as g:
+        assert f.read() == g.read()                              # the records too, byte for byte
+    assert not [n for n in os.listdir(cut) if n.startswith(".tmp-")]
 
 
 def test_init_flag_reaches_the_model_and_is_refused_for_conv_nets(tmp_path, capsys):

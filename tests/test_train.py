@@ -89,6 +89,9 @@ def test_resume_ends_bit_for_bit_where_an_uninterrupted_run_ends(toy, tmp_path, 
         np.testing.assert_array_equal(resumed[k].numpy(), full[k].numpy())
     steps = [r["step"] for r in runs.read_metrics(str(tmp_path / "cut"))]
     assert steps == [10, 20, 30, 40]                   # no duplicated evaluation lines
+    # the step-20 train_loss averages steps 11-20, 11-15 from before the interruption
+    assert (tmp_path / "cut" / "metrics.jsonl").read_bytes() == \
+        (tmp_path / "full" / "metrics.jsonl").read_bytes()
 
 
 def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(toy, tmp_path):
@@ -97,6 +100,49 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(toy
         train.run(toy, str(tmp_path), progress=False)
     step, *_ = runs.load_checkpoint(str(tmp_path), toy)
     assert step == 10
+
+
+def test_an_algorithms_own_stop_names_the_step(toy, tmp_path, monkeypatch):
+    real_step = toy_learner.Toy.meta_step
+
+    def inner_loss_nan(self, theta, batch):
+        if self.calls == 7:
+            raise FloatingPointError("toy: the inner loss is nan")
+        return real_step(self, theta, batch)
+
+    monkeypatch.setattr(toy_learner.Toy, "meta_step", inner_loss_nan)
+    with pytest.raises(train.NonFiniteLossError, match="inner loss is nan at step 8.*step 5"):
+        train.run(dict(toy, checkpoint_every=5), str(tmp_path), progress=False)
+
+
+def test_non_finite_parameters_are_caught_before_the_checkpoint(toy, tmp_path):
+    class NaNAt(Adam):
+        def step(self, params, grads):
+            params = super().step(params, grads)
+            if self.t == 3:                                   # the update itself overflows
+                params["w"] = sm.tensor(np.full(params["w"].shape, np.nan), requires_grad=True)
+            return params
+
+    learner = toy_learner.Toy()
+    sampler = train.make_sampler(toy, "train")
+    with pytest.raises(train.NonFiniteLossError, match="parameters w became NaN or inf at step 3.*step 2"):
+        train.meta_train(learner, sampler, steps=10, meta_batch=2, optimizer=NaNAt(lr=0.01),
+                         run_dir=str(tmp_path), config=toy, checkpoint_every=1, progress=False)
+    step, theta, *_ = runs.load_checkpoint(str(tmp_path), toy)
+    assert step == 2 and all(np.isfinite(t.numpy()).all() for t in theta.values())
+
+
+def test_a_failed_resume_rewrites_nothing(toy, tmp_path):
+    train.run(toy, str(tmp_path), progress=False)
+    metrics = (tmp_path / "metrics.jsonl").read_bytes()
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["seed"] = 9                                       # the checkpoint is seed 0's
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    (tmp_path / ".tmp-orphan").write_bytes(b"x")
+    with pytest.raises(runs.CheckpointError, match="seed"):
+        train.run(None, str(tmp_path), resume=True, progress=False)
+    assert (tmp_path / "metrics.jsonl").read_bytes() == metrics
+    assert (tmp_path / ".tmp-orphan").exists()                # only a valid resume tidies up
 
 
 def test_truncated_checkpoint_is_refused_and_left_alone(toy, tmp_path):
