@@ -8,7 +8,13 @@ differences give the same numbers as
 
 with error O(eps^2). Order 2 reruns that check on the function
 (x, v) -> v^T J(x), built with create_graph=True; order 3 on its VJP, and so on.
-Every comparison runs in float64.
+Every comparison runs in float64. A check that could not fail (fn returns no
+Tensor of floats, or no output is connected to any input) raises instead of
+passing.
+
+Also here, built on the same reverse mode: hvp (H v by double backward),
+hessian (one input, or the block Hessian of several as PyTorch returns it) and
+jvp (forward mode J v by the double-VJP trick).
 """
 from . import backend
 from .backend import xp
