@@ -9,7 +9,8 @@ The public engine surface follows PyTorch's names (see docs/engine.md).
 from .backend import (get_backend, set_backend, get_default_dtype, set_default_dtype)
 from .tensor import (Tensor, tensor, as_tensor, grad, no_grad, enable_grad,
                      is_grad_enabled)
-from .checks import (GradcheckError, check_grads, gradcheck, gradgradcheck, hessian, hvp)
+from .checks import (GradcheckError, check_grads, gradcheck, gradgradcheck, hessian, hvp, jvp)
+from .graph import draw_graph, to_dot  # noqa: F401
 from . import functional
 from . import functional as F  # noqa: F401  (sm.F shorthand)
 from .backend import xp as _xp
@@ -32,5 +33,6 @@ def ones(*shape, dtype=None, requires_grad=False):
 __version__ = "0.1.0"
 __all__ = ["Tensor", "tensor", "as_tensor", "grad", "no_grad", "enable_grad", "is_grad_enabled",
            "set_backend", "get_backend", "set_default_dtype", "get_default_dtype",
-           "gradcheck", "gradgradcheck", "check_grads", "hvp", "hessian", "GradcheckError",
+           "gradcheck", "gradgradcheck", "check_grads", "hvp", "hessian", "jvp", "GradcheckError",
+           "draw_graph", "to_dot",
            "functional", "F", "zeros", "ones"]

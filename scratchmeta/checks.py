@@ -8,7 +8,13 @@ differences give the same numbers as
 
 with error O(eps^2). Order 2 reruns that check on the function
 (x, v) -> v^T J(x), built with create_graph=True; order 3 on its VJP, and so on.
-Every comparison runs in float64.
+Every comparison runs in float64. A check that could not fail (fn returns no
+Tensor of floats, or no output is connected to any input) raises instead of
+passing.
+
+Also here, built on the same reverse mode: hvp (H v by double backward),
+hessian (one input, or the block Hessian of several as PyTorch returns it) and
+jvp (forward mode J v by the double-VJP trick).
 """
 from . import backend
 from .backend import xp
@@ -52,6 +58,42 @@ def _outputs(fn, xs):
     return tuple(y) if isinstance(y, (tuple, list)) else (y,)
 
 
+def _describe(y):
+    if isinstance(y, Tensor):
+        return f"a Tensor of dtype {y.dtype}"
+    return f"{type(y).__name__} {y!r}"[:80]
+
+
+def _checked_outputs(fn, xs, who):
+    """fn(*xs), refused unless it is a floating Tensor or a non-empty tuple of them.
+
+    A check of anything else (None, a Python number, a raw array, an integer
+    tensor) would compare nothing with nothing and pass.
+    """
+    y = fn(*xs)
+    ys = tuple(y) if isinstance(y, (tuple, list)) else (y,)
+    if not ys:
+        raise TypeError(f"{who}: fn returned an empty {type(y).__name__}; it must return a "
+                        f"Tensor of floats (or a tuple of them)")
+    for k, out in enumerate(ys):
+        if not isinstance(out, Tensor) or out.dtype.kind != "f":
+            where = "fn" if len(ys) == 1 and not isinstance(y, (tuple, list)) else f"output {k} of fn"
+            raise TypeError(f"{who}: {where} returned {_describe(out)}; it must return a "
+                            f"Tensor of floats (or a tuple of them)")
+    return ys
+
+
+def _scalar_output(fn, xs, who):
+    """fn(*xs) for hvp and hessian: a Tensor of floats with one element."""
+    ys = _checked_outputs(fn, xs, who)
+    if len(ys) != 1:
+        raise TypeError(f"{who}: fn must return one scalar Tensor, got a tuple of {len(ys)}")
+    y = ys[0]
+    if y.data.size != 1:
+        raise ValueError(f"{who}: fn must return a scalar, got shape {y.shape}")
+    return y
+
+
 def _dot(a, b):
     return float(xp.sum(a * b))
 
@@ -77,12 +119,29 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, seed=0, name=None):
     input is checked (in float64): element by element for small inputs, along
     random directions for large ones. Returns True, or raises GradcheckError
     naming the function, the input, the worst element and both values.
+
+    A check that cannot fail is refused rather than passed:
+    - fn must return a Tensor of floats (or a tuple of them): None, a number,
+      a raw array or an integer tensor raise TypeError;
+    - at least one output must be connected by the graph to at least one
+      checked input (requires_grad): outputs cut off from every input (built
+      from `.data` or `.numpy()`, under no_grad, or ignoring the inputs) raise
+      GradcheckError, since reverse mode then computes nothing to compare.
+    A zero gradient is legitimate and is checked: an input that the outputs
+    ignore, while some output uses another input, has a zero Jacobian block
+    that the finite differences must confirm.
     """
     who = _name(fn, name)
     xs, checked = _prepare(inputs, "gradcheck")
     rng = backend.host.random.default_rng(seed)
-    ys = _outputs(fn, xs)
-    live = [y for y in ys if y is not None and y.dtype.kind == "f"]
+    ys = _checked_outputs(fn, xs, f"gradcheck {who}")
+    if not any(y.requires_grad for y in ys):
+        raise GradcheckError(
+            f"gradcheck {who}: no output is connected to any input by the graph "
+            f"(requires_grad is False on all {len(ys)} output(s)), so the check would compare "
+            f"nothing; build the output from the inputs with Tensor operations (not .data, "
+            f".numpy() or under no_grad)")
+    live = list(ys)
     vs = [backend.asarray(rng.standard_normal(y.shape), dtype=y.dtype) for y in live]
     diff_ys = [y for y in live if y.requires_grad]
     diff_vs = [v for y, v in zip(live, vs) if y.requires_grad]
@@ -201,10 +260,8 @@ def hvp(fn, inputs, v):
     for i, (x, vec) in enumerate(zip(xs, vs)):
         if vec.shape != x.shape:
             raise ValueError(f"hvp: vector {i} has shape {vec.shape}, input has shape {x.shape}")
-    y = fn(*xs)
-    if y.data.size != 1:
-        raise ValueError(f"hvp: fn must return a scalar, got shape {y.shape}")
-    gs = grad(y, xs, create_graph=True, allow_unused=True)
+    y = _scalar_output(fn, xs, "hvp")
+    gs = grad(y, xs, create_graph=True, allow_unused=True) if y.requires_grad else (None,) * len(xs)
     used = [(x, g, vec) for x, g, vec in zip(xs, gs, vs) if g is not None and g.requires_grad]
     hv = [None] * len(xs)
     if used:
@@ -215,24 +272,95 @@ def hvp(fn, inputs, v):
     return Tensor(y.data), (hv[0] if single else tuple(hv))
 
 
-def hessian(fn, x):
-    """Full Hessian of a scalar function of one tensor: shape x.shape + x.shape.
+def hessian(fn, inputs):
+    """Full Hessian of a scalar function, like torch.autograd.functional.hessian.
 
-    Row j is d/dx of the j-th gradient component (one backward pass each),
-    so use it on small inputs only.
+    For one tensor x: a Tensor of shape x.shape + x.shape. For a tuple (or list)
+    of inputs (x_1, ..., x_n): a tuple of tuples of blocks, where block [i][j]
+    is d^2 f / dx_i dx_j of shape x_i.shape + x_j.shape (PyTorch's layout).
+    Row k of the blocks [i][:] is d/dx of the k-th component of grad_{x_i} f
+    (one backward pass each), so use it on small inputs only. Inputs that f
+    ignores get zero blocks.
     """
-    x = tensor(x.data if isinstance(x, Tensor) else x, requires_grad=True)
-    _require_finite([x], "hessian")
-    y = fn(x)
-    if y.data.size != 1:
-        raise ValueError(f"hessian: fn must return a scalar, got shape {y.shape}")
-    (g,) = grad(y, x, create_graph=True, allow_unused=True)
-    n = x.data.size
-    H = xp.zeros((n, n), dtype=x.dtype)
-    if g is not None and g.requires_grad:
+    single = not isinstance(inputs, (tuple, list))
+    if not single and not inputs:
+        raise ValueError("hessian: no inputs")
+    xs = [tensor(x.data if isinstance(x, Tensor) else x, requires_grad=True)
+          for x in ((inputs,) if single else inputs)]
+    for i, x in enumerate(xs):
+        if x.dtype.kind != "f":
+            raise TypeError(f"hessian: input {i} has dtype {x.dtype}; the Hessian needs "
+                            f"floating-point inputs")
+    _require_finite(xs, "hessian")
+    y = _scalar_output(fn, xs, "hessian")
+    gs = grad(y, xs, create_graph=True, allow_unused=True) if y.requires_grad else (None,) * len(xs)
+    blocks = [[xp.zeros((xi.data.size, xj.data.size), dtype=y.dtype) for xj in xs] for xi in xs]
+    for i, g in enumerate(gs):
+        if g is None or not g.requires_grad:
+            continue                              # grad_{x_i} f is constant: zero rows
         flat = g.reshape(-1)
-        for j in range(n):
-            (row,) = grad(flat[j], x, allow_unused=True)
-            if row is not None:
-                H[j] = row.data.reshape(-1)
-    return Tensor(H.reshape(x.shape + x.shape))
+        for k in range(xs[i].data.size):
+            rows = grad(flat[k], xs, allow_unused=True)
+            for j, row in enumerate(rows):
+                if row is not None:
+                    blocks[i][j][k] = row.data.reshape(-1)
+    H = tuple(tuple(Tensor(blocks[i][j].reshape(xs[i].shape + xs[j].shape))
+                    for j in range(len(xs))) for i in range(len(xs)))
+    return H[0][0] if single else H
+
+
+def jvp(fn, inputs, tangents):
+    """Forward mode: the Jacobian-vector product J v, by the double-VJP trick.
+
+    Returns (fn(inputs), J v) like torch.autograd.functional.jvp: each item
+    matches the structure of fn's output (a Tensor, or a tuple for a tuple).
+
+    Reverse mode gives u -> J^T u for any u. That map is linear in u, and its
+    own VJP with upstream v is (J^T)^T v = J v. So: make a dummy u of each
+    output's shape, build g(u) = J^T u with create_graph=True, and
+    differentiate g with respect to u, v as the upstream gradient. Two
+    backward passes instead of one forward pass, but no forward-mode rules
+    are needed: every primitive's VJP is reused. Outputs that no input
+    reaches get a zero tangent.
+    """
+    single = not isinstance(inputs, (tuple, list))
+    xs = [tensor(x.data if isinstance(x, Tensor) else x, requires_grad=True)
+          for x in ((inputs,) if single else inputs)]
+    for i, x in enumerate(xs):
+        if x.dtype.kind != "f":
+            raise TypeError(f"jvp: input {i} has dtype {x.dtype}; forward mode needs "
+                            f"floating-point inputs")
+    _require_finite(xs, "jvp")
+    vs = [tangents] if single else list(tangents)
+    if len(vs) != len(xs):
+        raise ValueError(f"jvp: {len(xs)} inputs but {len(vs)} tangents")
+    vs = [Tensor(v.data if isinstance(v, Tensor) else backend.asarray(v, dtype=x.dtype))
+          for x, v in zip(xs, vs)]
+    for i, (x, v) in enumerate(zip(xs, vs)):
+        if v.shape != x.shape:
+            raise ValueError(f"jvp: tangent {i} has shape {v.shape}, input has shape {x.shape}")
+    with enable_grad():
+        out = fn(*xs)
+    ys = tuple(out) if isinstance(out, (tuple, list)) else (out,)
+    for k, y in enumerate(ys):
+        if not isinstance(y, Tensor) or y.dtype.kind != "f":
+            raise TypeError(f"jvp: output {k} of fn is {_describe(y)}; fn must return a "
+                            f"Tensor of floats (or a tuple of them)")
+    live = [k for k, y in enumerate(ys) if y.requires_grad]
+    tangents_out = [Tensor(xp.zeros_like(y.data)) for y in ys]
+    if live:
+        us = [Tensor(xp.zeros_like(ys[k].data), requires_grad=True) for k in live]
+        with enable_grad():
+            gs = grad([ys[k] for k in live], xs, grad_outputs=us, create_graph=True,
+                      allow_unused=True)
+        pairs = [(g, v) for g, v in zip(gs, vs) if g is not None and g.requires_grad]
+        if pairs:
+            jv = grad([g for g, _ in pairs], us, grad_outputs=[v for _, v in pairs],
+                      allow_unused=True)
+            for k, t in zip(live, jv):
+                if t is not None:
+                    tangents_out[k] = t
+    values = tuple(Tensor(y.data) for y in ys)
+    if isinstance(out, (tuple, list)):
+        return values, tuple(tangents_out)
+    return values[0], tangents_out[0]

@@ -36,3 +36,16 @@ def assert_matches(expected, got, rtol=0.0, atol=0.0, same_dtype=False):
                 np.testing.assert_array_equal(g, e)
             else:
                 np.testing.assert_allclose(g, e, rtol=rtol, atol=atol)
+
+
+def needs(module, extra):
+    """Skip mark for a test that needs an optional package; the reason names it and its extra.
+
+    needs("matplotlib", "plot"), needs("PIL", "data"), needs("sklearn", "data"),
+    needs("torch", "bench").
+    """
+    import importlib.util
+
+    import pytest
+    return pytest.mark.skipif(importlib.util.find_spec(module) is None,
+                              reason=f"needs {module}: pip install -e '.[{extra}]'")

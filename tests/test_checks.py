@@ -285,3 +285,181 @@ def test_checks_leave_the_callers_tensors_alone():
     sm.hvp(lambda t: (t ** 3).sum(), x, backend.asarray(np.ones(2)))
     np.testing.assert_array_equal(x.numpy(), before)
     assert x.grad is None and x.requires_grad
+
+
+# ---------------------------------------------------------------------------
+# checks that cannot fail are refused
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("check", ["gradcheck", "gradgradcheck", "check_grads"])
+@pytest.mark.parametrize("returns, what", [
+    (lambda t: None, "NoneType None"),
+    (lambda t: 3.0, "float 3.0"),
+    (lambda t: t.data * 2, "ndarray"),
+    (lambda t: sm.tensor(backend.asarray(np.array([1, 2]))), "dtype int64"),
+    (lambda t: (t.tanh(), None), "output 1 of fn returned NoneType"),
+    (lambda t: (), "empty tuple"),
+])
+def test_checks_refuse_a_function_that_returns_no_float_tensor(check, returns, what):
+    with pytest.raises(TypeError, match=re.escape(what)):
+        getattr(sm, check)(returns, [_x((3,))])
+
+
+@pytest.mark.parametrize("check", ["gradcheck", "gradgradcheck", "check_grads"])
+@pytest.mark.parametrize("cut", [
+    lambda t: sm.tensor(t.data * 2.0),                        # rebuilt from raw data
+    lambda t: sm.tensor(backend.asarray(np.ones(3))),          # ignores its input
+])
+def test_checks_refuse_outputs_cut_off_from_every_input(check, cut):
+    with pytest.raises(sm.GradcheckError, match="no output is connected to any input"):
+        getattr(sm, check)(cut, [_x((3,))])
+
+
+def test_a_zero_gradient_is_legitimate_and_checked():
+    """An input the outputs ignore, beside one they use: its zero Jacobian is compared."""
+    assert sm.gradcheck(lambda a, b: a.tanh(), [_x((3,)), _x((2,))])
+    assert sm.check_grads(lambda a, b: (a * 0.0).sum(), [_x((3,)), _x((2,))], order=2)
+
+    @primitive
+    def ignores_b_wrongly(a, b):
+        return a * 1.0 + b * 0.0
+
+    @ignores_b_wrongly.vjp
+    def _vjp(g, out, a, b):
+        return (g, g * 0.0)                   # right: d/db is 0
+
+    assert sm.gradcheck(ignores_b_wrongly, [_x((2,)), _x((2,), seed=1)])
+
+    @primitive
+    def uses_b(a, b):
+        return a + b
+
+    @uses_b.vjp
+    def _vjp_zero(g, out, a, b):
+        return (g, g * 0.0)                   # wrong: claims d/db = 0
+    with pytest.raises(sm.GradcheckError, match="input 1"):
+        sm.gradcheck(uses_b, [_x((2,)), _x((2,), seed=1)])
+
+
+@pytest.mark.parametrize("check", ["hvp", "hessian", "jvp"])
+def test_hvp_hessian_jvp_refuse_a_function_that_returns_no_float_tensor(check):
+    x = _x((2,))
+    with pytest.raises(TypeError, match="must return"):
+        if check == "hvp":
+            sm.hvp(lambda t: None, x, x)
+        elif check == "hessian":
+            sm.hessian(lambda t: 1.0, x)
+        else:
+            sm.jvp(lambda t: t.data, x, x)
+
+
+# ---------------------------------------------------------------------------
+# the Hessian over several inputs: a tuple of tuples of blocks, as in PyTorch
+# ---------------------------------------------------------------------------
+def _two_input_fn(a, b):
+    return ((a @ b).tanh() ** 2).sum() + (a.exp() * a).sum() * b[0] + (b ** 3).sum()
+
+
+def _flat_fn(z):
+    return _two_input_fn(z[:6].reshape(2, 3), z[6:])
+
+
+def test_hessian_of_several_inputs_is_the_block_hessian():
+    a0, b0 = _x((2, 3)), _x((3,), seed=1)
+    H = sm.hessian(_two_input_fn, [a0, b0])
+    assert isinstance(H, tuple) and len(H) == 2 and all(len(row) == 2 for row in H)
+    assert [[blk.shape for blk in row] for row in H] == [[(2, 3, 2, 3), (2, 3, 3)],
+                                                       [(3, 2, 3), (3, 3)]]
+    # the blocks are the single-input Hessian of the concatenated vector, cut up
+    z0 = np.concatenate([backend.to_numpy(a0).ravel(), backend.to_numpy(b0)])
+    full = sm.hessian(_flat_fn, backend.asarray(z0)).numpy()
+    assembled = np.block([[H[0][0].numpy().reshape(6, 6), H[0][1].numpy().reshape(6, 3)],
+                          [H[1][0].numpy().reshape(3, 6), H[1][1].numpy().reshape(3, 3)]])
+    np.testing.assert_allclose(assembled, full, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(H[0][1].numpy().reshape(6, 3), H[1][0].numpy().reshape(3, 6).T,
+                               rtol=1e-12, atol=1e-12)
+    # and finite differences of the gradient
+    eps = 1e-5
+    fd = np.stack([(_grad_at(_flat_fn, z0 + eps * e) - _grad_at(_flat_fn, z0 - eps * e))
+                   / (2 * eps) for e in np.eye(9)])
+    np.testing.assert_allclose(assembled, fd, rtol=1e-6, atol=1e-7)
+
+
+def test_hessian_of_one_input_in_a_list_is_a_one_by_one_block():
+    x0 = backend.asarray(np.array([0.4, -0.3, 0.9]))
+    (row,) = sm.hessian(_scalar_fn, [x0])
+    (block,) = row
+    np.testing.assert_allclose(block.numpy(), sm.hessian(_scalar_fn, x0).numpy(), rtol=0, atol=0)
+
+
+def test_hessian_blocks_of_an_ignored_input_are_zero():
+    H = sm.hessian(lambda a, unused: (a ** 3).sum(), [_x((2,)), _x((3,))])
+    np.testing.assert_array_equal(H[0][1].numpy(), np.zeros((2, 3)))
+    np.testing.assert_array_equal(H[1][1].numpy(), np.zeros((3, 3)))
+    np.testing.assert_allclose(H[0][0].numpy(), np.diag(6 * backend.to_numpy(_x((2,)))))
+
+
+# ---------------------------------------------------------------------------
+# forward mode by the double-VJP trick
+# ---------------------------------------------------------------------------
+def _vector_fn(a, b):
+    return (a @ b).tanh() * b.sum() + a.sum(axis=1) ** 2
+
+
+def test_jvp_matches_finite_differences():
+    a0, b0 = _x((2, 3)), _x((3,), seed=1)
+    va, vb = _x((2, 3), seed=2), _x((3,), seed=3)
+    value, tangent = sm.jvp(_vector_fn, (a0, b0), (va, vb))
+    assert isinstance(value, sm.Tensor) and isinstance(tangent, sm.Tensor)
+    np.testing.assert_allclose(value.numpy(), _vector_fn(sm.tensor(a0), sm.tensor(b0)).numpy())
+    eps = 1e-6
+    plus = _vector_fn(sm.tensor(a0 + eps * va), sm.tensor(b0 + eps * vb)).numpy()
+    minus = _vector_fn(sm.tensor(a0 - eps * va), sm.tensor(b0 - eps * vb)).numpy()
+    np.testing.assert_allclose(tangent.numpy(), (plus - minus) / (2 * eps), rtol=1e-7, atol=1e-9)
+
+
+def test_jvp_is_the_jacobian_times_the_tangent():
+    """Column by column: the JVP along e_j is column j of the Jacobian from reverse mode."""
+    x0 = _x((3,))
+    fn = lambda t: (t.exp() * t[0]).tanh()                      # noqa: E731
+    J = np.stack([np.asarray(sm.grad(fn(t), t, grad_outputs=sm.tensor(backend.asarray(e)))[0]
+                             .numpy())
+                  for t in [sm.tensor(x0, requires_grad=True)] for e in np.eye(3)])
+    for j, e in enumerate(np.eye(3)):
+        _, col = sm.jvp(fn, x0, backend.asarray(e))
+        np.testing.assert_allclose(col.numpy(), J[:, j], rtol=1e-12, atol=1e-14)
+
+
+def test_forward_over_reverse_hvp_equals_reverse_over_reverse():
+    """H v as the JVP of the gradient (forward-over-reverse) equals sm.hvp (reverse-over-reverse)."""
+    x0, v = backend.asarray(np.array([0.4, -0.3, 0.9])), backend.asarray(np.array([1.0, -2.0, 0.5]))
+
+    def gradient(t):
+        (g,) = sm.grad(_scalar_fn(t), t, create_graph=True)
+        return g
+
+    _, hv_forward = sm.jvp(gradient, x0, v)
+    _, hv_reverse = sm.hvp(_scalar_fn, x0, v)
+    np.testing.assert_allclose(hv_forward.numpy(), hv_reverse.numpy(), rtol=1e-12, atol=1e-13)
+
+
+def test_jvp_of_several_outputs_and_an_unreached_one():
+    def fn(a, b):
+        return a * b, (a ** 2).sum(), sm.tensor(backend.asarray(np.ones(2)))
+
+    a0, b0 = _x((2,)), _x((2,), seed=1)
+    va, vb = _x((2,), seed=2), _x((2,), seed=3)
+    values, tangents = sm.jvp(fn, [a0, b0], [va, vb])
+    assert len(values) == len(tangents) == 3
+    a, b, va_, vb_ = (backend.to_numpy(t) for t in (a0, b0, va, vb))
+    np.testing.assert_allclose(tangents[0].numpy(), va_ * b + a * vb_, rtol=1e-12)
+    np.testing.assert_allclose(tangents[1].numpy(), np.sum(2 * a * va_), rtol=1e-12)
+    np.testing.assert_array_equal(tangents[2].numpy(), np.zeros(2))
+
+
+def test_jvp_bad_tangents():
+    with pytest.raises(ValueError, match=r"jvp: tangent 0 has shape \(3,\), input has shape \(2,\)"):
+        sm.jvp(lambda t: t * t, _x((2,)), _x((3,)))
+    with pytest.raises(ValueError, match="jvp: 2 inputs but 1 tangents"):
+        sm.jvp(lambda a, b: a * b, [_x((2,)), _x((2,))], [_x((2,))])
+    with pytest.raises(ValueError, match="NaN or inf"):
+        sm.jvp(lambda t: t * t, backend.asarray(np.array([np.nan])), backend.asarray(np.ones(1)))

@@ -10,6 +10,8 @@ import time
 import numpy as np
 import pytest
 
+from helpers import needs
+
 from scratchmeta import cli, runs, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,8 +34,10 @@ def run_cli(*argv):
     (["train", "protonet", "--task", "omniglot", "--out", "x"], "omniglot.*root"),
     (["train", "protonet", "--task", "omniglot", "--data-root", "/nonexistent/omniglot", "--out", "x"],
      "/nonexistent/omniglot"),
-    (["train", "maml", "--task", "digits", "--ways", "7", "--out", "x"], "7"),
-    (["train", "protonet", "--task", "digits", "--shots", "400", "--out", "x"], "400"),
+    pytest.param(["train", "maml", "--task", "digits", "--ways", "7", "--out", "x"], "7",
+                 marks=needs("sklearn", "data")),
+    pytest.param(["train", "protonet", "--task", "digits", "--shots", "400", "--out", "x"], "400",
+                 marks=needs("sklearn", "data")),
     (["train", "icl", "--noise-std", "-0.5", "--out", "x"], "must be a finite number >= 0, got -0.5"),
     (["train", "icl", "--noise-std", "nan", "--out", "x"], "must be a finite number >= 0"),
     (["train", "icl", "--noise-std", "lots", "--out", "x"], "expected a number, got 'lots'"),

@@ -2,6 +2,8 @@
 import numpy as np
 import pytest
 
+from helpers import needs
+
 import scratchmeta as sm
 from scratchmeta.train import build_config
 from scratchmeta.algorithms import icl, make_learner
@@ -289,6 +291,7 @@ def test_bad_prompts_raise_clear_errors():
         make_learner(dict(_tiny_config(), algo={"baselines": ["lasso"]}))
 
 
+@needs("matplotlib", "plot")
 def test_example_07_smoke(tmp_path):
     from helpers import load_example
     ex = load_example("07_icl_linear_regression.py")
@@ -300,6 +303,7 @@ def test_example_07_smoke(tmp_path):
     assert result["by_k/4/transformer"]["tasks"] == 40
 
 
+@needs("matplotlib", "plot")
 def test_example_07_noisy_prompts(tmp_path):
     from helpers import load_example
     ex = load_example("07_icl_linear_regression.py")
@@ -324,6 +328,7 @@ def test_example_07_refuses_a_negative_noise_flag():
     assert "--noise-std must be a finite number >= 0" in done.stderr
 
 
+@needs("matplotlib", "plot")
 def test_example_07_scores_a_saved_run_zero_shot_on_noisy_prompts(tmp_path):
     from helpers import load_example
     from scratchmeta import train

@@ -7,7 +7,7 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 
-from helpers import load_example
+from helpers import load_example, needs
 
 import scratchmeta as sm
 from scratchmeta.train import build_config
@@ -392,6 +392,7 @@ def test_pretrained_baseline_learns_the_mean_function_and_finetunes():
 _example = load_example
 
 
+@needs("matplotlib", "plot")
 def test_example_02_maml_sine_smoke(tmp_path):
     png = tmp_path / "sine.png"
     out = _example("02_maml_sine.py").main(steps=30, n_tasks=20, pretrain_steps=30, png=str(png))
@@ -400,6 +401,7 @@ def test_example_02_maml_sine_smoke(tmp_path):
     assert all(np.isfinite(v[1][0]) for v in out.values())
 
 
+@needs("matplotlib", "plot")
 def test_example_05_hessian_term_smoke(tmp_path):
     png = tmp_path / "h.png"
     table = _example("05_hessian_term.py").main(alphas=(0.0, 0.01), train_steps=5, n_batches=1,
