@@ -13,7 +13,7 @@ be kept.
 import builtins
 
 from .backend import xp
-from .tensor import Tensor, primitive
+from .tensor import Tensor, astype, primitive
 
 
 def fits(shape, into):
@@ -127,9 +127,21 @@ def pow(x, y):
 
 @pow.vjp
 def _pow_vjp(g, out, x, y):
-    # d(x^y)/dx = y x^(y-1); d(x^y)/dy = x^y log x (only when y needs it)
-    gx = unbroadcast(g * y * x ** (y - 1), x.shape) if x.requires_grad else None
-    gy = unbroadcast(g * out * log(x), y.shape) if y.requires_grad else None
+    # d(x^y)/dx = y x^(y-1); d(x^y)/dy = x^y log x (only when y needs it).
+    # Where a constant y is 0 the derivative in x is 0: masking it (as PyTorch
+    # does) keeps 0 * x^(-1) = 0 * inf = NaN out of the derivatives of x^n at
+    # x = 0 from order n + 1 on (the exponent drops by one per order).
+    gx = gy = None
+    if x.requires_grad:
+        if y.requires_grad:
+            gx = g * y * x ** (y - 1)
+        else:
+            zero = _const(y.data == 0)
+            gx = g * y * x ** where(zero, _const(xp.ones((), dtype=y.dtype)), y - 1)
+            gx = where(zero, _const(xp.zeros((), dtype=gx.dtype)), gx)
+        gx = unbroadcast(gx, x.shape)
+    if y.requires_grad:
+        gy = unbroadcast(g * out * log(x), y.shape)
     return gx, gy
 
 
@@ -145,26 +157,13 @@ def matmul(a, b):
 
 @matmul.vjp
 def _matmul_vjp(g, out, a, b):
-    # C = A B:  dL/dA = G B^T,  dL/dB = A^T G  (batched, with broadcasting)
-    a2 = a.reshape(1, a.shape[0]) if a.ndim == 1 else a      # vector as a row
-    b2 = b.reshape(b.shape[0], 1) if b.ndim == 1 else b      # vector as a column
-    if a.ndim == 1 and b.ndim == 1:
-        g2 = g.reshape(1, 1)
-    elif a.ndim == 1:
-        g2 = g.reshape(g.shape[:-1] + (1, g.shape[-1]))
-    elif b.ndim == 1:
-        g2 = g.reshape(g.shape + (1,))
-    else:
-        g2 = g
-    ga = unbroadcast(g2 @ b2.mT, a2.shape).reshape(a.shape) if a.requires_grad else None
-    gb = None
-    if b.requires_grad and b.ndim == 2 and a.ndim > 2:
-        # one matrix shared by a batch (x @ W): sum_t A_t^T G_t is one product
-        # of the batch stacked into rows, not a batch of products then a sum
-        gb = a.reshape(-1, a.shape[-1]).mT @ g.reshape(-1, g.shape[-1])
-    elif b.requires_grad:
-        gb = unbroadcast(a2.mT @ g2, b2.shape).reshape(b.shape)
-    return ga, gb
+    # C = A B:  dL/dA = G B^T,  dL/dB = A^T G  (batched, with broadcasting); a vector
+    # a is a row (1, k), a vector b a column (k, 1), and g gets back the axes they lack
+    a2 = a.reshape(1, a.shape[0]) if a.ndim == 1 else a
+    b2 = b.reshape(b.shape[0], 1) if b.ndim == 1 else b
+    g2 = g.reshape(g.shape[:g.ndim - (a.ndim > 1) - (b.ndim > 1)] + (a2.shape[-2], b2.shape[-1]))
+    return (unbroadcast(g2 @ b2.mT, a2.shape).reshape(a.shape) if a.requires_grad else None,
+            unbroadcast(a2.mT @ g2, b2.shape).reshape(b.shape) if b.requires_grad else None)
 
 
 # -- elementwise functions ------------------------------------------------------
@@ -238,16 +237,6 @@ def relu(x):
 @relu.vjp
 def _relu_vjp(g, out, x):
     return (g * _const((x.data > 0).astype(x.dtype)),)   # step function, flat a.e.
-
-
-@primitive
-def astype(x, dtype):
-    return x.astype(dtype)
-
-
-@astype.vjp
-def _astype_vjp(g, out, x, dtype):
-    return (astype(g, dtype=x.dtype),)
 
 
 # -- reductions and shape -------------------------------------------------------
@@ -369,14 +358,6 @@ def _add_at(z, index, values):
         cupyx.scatter_add(z, index, values)
 
 
-def _split_sizes(sizes, axis):
-    bounds, start = [], 0
-    for s in sizes:
-        bounds.append((start, start + s))
-        start += s
-    return bounds
-
-
 @primitive
 def concatenate(*xs, axis=0):
     try:
@@ -388,11 +369,12 @@ def concatenate(*xs, axis=0):
 
 @concatenate.vjp
 def _concatenate_vjp(g, out, *xs, axis=0):
-    grads = []
-    for x, (lo, hi) in zip(xs, _split_sizes([x.shape[axis] for x in xs], axis)):
+    grads, start = [], 0
+    for x in xs:                       # each input gets back its own slice along `axis`
         index = [slice(None)] * g.ndim
-        index[axis] = slice(lo, hi)
+        index[axis] = slice(start, start + x.shape[axis])
         grads.append(g[tuple(index)] if x.requires_grad else None)
+        start += x.shape[axis]
     return tuple(grads)
 
 
@@ -432,11 +414,103 @@ def _where_vjp(g, out, cond, x, y):
             unbroadcast(where(cond, zero, g), y.shape) if y.requires_grad else None)
 
 
-# Sliding windows (unfold/fold, max pooling, convolution) live in windows.py;
-# they are primitives like the ones above, re-exported here.
-from .windows import (conv, conv_bias, conv_transpose, conv_weight_grad, fold,  # noqa: E402,F401
-                      pool_max, pool_pick, pool_route, unfold)
-# Batch normalisation, one primitive with a hand-fused VJP, lives in normalization.py.
-from .normalization import batch_norm, conv_batch_norm  # noqa: E402,F401
-# Softmax and GELU, one primitive each, live in activations.py.
-from .activations import gelu, softmax  # noqa: E402,F401
+# -- more elementwise functions ------------------------------------------------------
+@primitive
+def log1p(x):
+    return xp.log1p(x)
+
+
+@log1p.vjp
+def _log1p_vjp(g, out, x):
+    return (g / (1 + x),)                    # d log(1 + x)/dx = 1/(1 + x)
+
+
+@primitive
+def expm1(x):
+    return xp.expm1(x)
+
+
+@expm1.vjp
+def _expm1_vjp(g, out, x):
+    return (g * (out + 1),)                  # d (e^x - 1)/dx = e^x
+
+
+@primitive
+def softplus(x):
+    # log(1 + e^x) = max(x, 0) + log1p(e^-|x|), without overflow
+    return xp.maximum(x, 0) + xp.log1p(xp.exp(-xp.abs(x)))
+
+
+@softplus.vjp
+def _softplus_vjp(g, out, x):
+    return (g * sigmoid(x),)                 # d softplus/dx = sigmoid(x)
+
+
+@primitive
+def sin(x):
+    return xp.sin(x)
+
+
+@sin.vjp
+def _sin_vjp(g, out, x):
+    return (g * cos(x),)                     # d sin/dx = cos
+
+
+@primitive
+def cos(x):
+    return xp.cos(x)
+
+
+@cos.vjp
+def _cos_vjp(g, out, x):
+    return (-g * sin(x),)                    # d cos/dx = -sin
+
+
+@primitive
+def maximum(x, y):
+    try:
+        return xp.maximum(x, y)
+    except ValueError:
+        raise _shape_error('maximum', x, y) from None
+
+
+@maximum.vjp
+def _maximum_vjp(g, out, x, y):
+    # the gradient goes to the larger input, split evenly on ties (as torch.maximum)
+    return _pick_vjp(g, x, y, x.data > y.data)
+
+
+@primitive
+def minimum(x, y):
+    try:
+        return xp.minimum(x, y)
+    except ValueError:
+        raise _shape_error('minimum', x, y) from None
+
+
+@minimum.vjp
+def _minimum_vjp(g, out, x, y):
+    return _pick_vjp(g, x, y, x.data < y.data)
+
+
+def _pick_vjp(g, x, y, x_wins):
+    """g routed to x where x_wins, to y where y wins, half to each on ties."""
+    tie = x.data == y.data
+    share = _const((x_wins + 0.5 * tie).astype(g.dtype))      # x's share, locally flat
+    return (unbroadcast(g * share, x.shape) if x.requires_grad else None,
+            unbroadcast(g * (1 - share), y.shape) if y.requires_grad else None)
+
+
+@primitive
+def clip(x, lo, hi):
+    return xp.clip(x, lo, hi)
+
+
+@clip.vjp
+def _clip_vjp(g, out, x, lo, hi):
+    # the gradient passes where lo <= x <= hi (PyTorch's clamp: the bounds included)
+    inside = _const(((x.data >= lo.data) & (x.data <= hi.data)).astype(g.dtype))
+    below, above = _const((x.data < lo.data).astype(g.dtype)), _const((x.data > hi.data).astype(g.dtype))
+    return (unbroadcast(g * inside, x.shape) if x.requires_grad else None,
+            unbroadcast(g * below, lo.shape) if lo.requires_grad else None,
+            unbroadcast(g * above, hi.shape) if hi.requires_grad else None)
