@@ -16,12 +16,11 @@ import sys
 from . import backend
 from .algorithms import ALGORITHMS
 from .evaluation import task_overrides
+from .tasks.registry import TASKS
 
 DEFAULT_TASK = {"maml": "sinusoid", "fomaml": "sinusoid", "reptile": "sinusoid",
                 "metasgd": "sinusoid", "anil": "sinusoid", "cnp": "sinusoid",
                 "protonet": "glyphs", "matching": "glyphs", "icl": "linreg"}
-TASKS = ("sinusoid", "glyphs", "omniglot", "digits", "linreg")
-CLASSIFICATION = ("glyphs", "omniglot", "digits")
 
 
 def _int_at_least(minimum):
@@ -72,6 +71,9 @@ def _task_flags(p):
                                        "and images_evaluation/)")
     p.add_argument("--noise-std", type=_nonnegative_float,
                    help="label noise of linreg prompts: y = w.x + eps, eps ~ N(0, noise_std^2)")
+    p.add_argument("--within-alphabet", action="store_true", default=None,
+                   help="each episode's classes from one alphabet (Lake et al. 2015's runs; "
+                        "omniglot, omniglot-minimal)")
 
 
 def build_parser():
@@ -85,7 +87,7 @@ def build_parser():
                                    "checkpoint.npz to --out (or continues --resume DIR).")
     t.add_argument("algorithm", nargs="?", choices=sorted(ALGORITHMS),
                    help="which algorithm (omit with --resume)")
-    t.add_argument("--task", choices=TASKS, help="task family (default: the algorithm's usual one)")
+    t.add_argument("--task", choices=sorted(TASKS), help="task family (default: the algorithm's usual one)")
     _task_flags(t)
     t.add_argument("--steps", type=_int_at_least(0), help="meta-training steps (outer iterations)")
     t.add_argument("--meta-batch", type=_int_at_least(1), help="tasks per meta-step")
@@ -188,7 +190,7 @@ def cmd_train(parser, args):
         algo["train_ways"] = args.train_ways
     try:
         overrides = {"task": task_overrides(task, args.shots, args.ways, args.queries,
-                                            args.data_root, args.noise_std),
+                                            args.data_root, args.noise_std, args.within_alphabet),
                      "algo": algo, "model": dict({"init": args.init} if args.init else {}, **size),
                      "optimizer": {"lr": args.lr} if args.lr else {},
                      "steps": args.steps, "meta_batch": args.meta_batch, "seed": args.seed,
@@ -221,7 +223,8 @@ def cmd_eval(parser, args):
                                          queries=args.queries, inner_steps=args.inner_steps,
                                          n_tasks=args.tasks, batch_size=args.batch_size,
                                          seed=args.seed, baselines=not args.no_baselines,
-                                         data_root=args.data_root, noise_std=args.noise_std)
+                                         data_root=args.data_root, noise_std=args.noise_std,
+                                         within_alphabet=args.within_alphabet)
     except (ValueError, FileNotFoundError) as e:
         _fail(parser, str(e))
     if args.json:

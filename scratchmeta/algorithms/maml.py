@@ -28,6 +28,7 @@ import math
 
 from .. import backend, nn
 from .. import functional as F
+from ..tasks.registry import CLASSIFICATION     # every image-classification task
 from ..tensor import Tensor, enable_grad, grad, no_grad
 from ..checks import hvp
 from .base import MetaLearner
@@ -368,9 +369,6 @@ class MAML(MetaLearner):
 # ---------------------------------------------------------------------------
 # Registry hooks
 # ---------------------------------------------------------------------------
-CLASSIFICATION = ("glyphs", "omniglot", "digits")
-
-
 def model_and_loss(config):
     """The model of config["model"] and the loss its task needs."""
     model = nn.build_model(config["model"])

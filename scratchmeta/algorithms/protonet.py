@@ -339,9 +339,9 @@ def default_config(task_name, algorithm="protonet"):
     omniglot: Snell et al.'s recipe, 60-way training episodes with 5
     queries each (train_ways=60) and 5-way 15-query test episodes.
     """
-    if task_name not in ("glyphs", "omniglot", "digits"):
-        raise ValueError(f"{algorithm}: no defaults for task {task_name!r}; "
-                         f"choose 'glyphs', 'omniglot' or 'digits'")
+    tasks = ("glyphs", "omniglot", "omniglot-minimal", "digits")
+    if task_name not in tasks:
+        raise ValueError(f"{algorithm}: no defaults for task {task_name!r}; choose one of {tasks}")
     config = {
         "algorithm": algorithm,
         "task": {"name": task_name, "n_way": 5, "k_shot": 1, "n_query": 15},
@@ -362,6 +362,11 @@ def default_config(task_name, algorithm="protonet"):
     if task_name == "omniglot":
         config["algo"].update(train_ways=60, train_queries=5)
         config.update(steps=20000, eval_every=2000)
+    if task_name == "omniglot-minimal":
+        # Snell et al.'s 60-way 5-query training episodes and Adam 1e-3, sized to the
+        # 15-minute CPU budget of docs/results.md ("Real handwriting")
+        config["algo"].update(train_ways=60, train_queries=5)
+        config.update(steps=600, eval_every=300)
     if task_name == "digits":
         config["algo"].update(train_queries=5)
         config.update(steps=300, eval_every=100)
