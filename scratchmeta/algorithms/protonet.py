@@ -332,12 +332,15 @@ class ProtoNet(MetaLearner):
 
 # -- configuration ---------------------------------------------------------------------------
 def default_config(task_name, algorithm="protonet"):
-    """Defaults for "glyphs", "omniglot" or "digits": Conv4-64, Adam 1e-3, 5-way, 15 queries.
+    """Defaults for "glyphs", "omniglot", "omniglot-minimal" or "digits": Conv4-64, Adam 1e-3,
+    5-way 15-query test episodes.
 
     glyphs/digits: 5-way training with 5 queries a class, sized to a few
     minutes on a 2-core CPU.
     omniglot: Snell et al.'s recipe, 60-way training episodes with 5
     queries each (train_ways=60) and 5-way 15-query test episodes.
+    omniglot-minimal: 20-way 5-query training episodes, 1000 steps: 15 CPU
+    minutes (docs/results.md, "Real handwriting").
     """
     tasks = ("glyphs", "omniglot", "omniglot-minimal", "digits")
     if task_name not in tasks:
@@ -363,10 +366,12 @@ def default_config(task_name, algorithm="protonet"):
         config["algo"].update(train_ways=60, train_queries=5)
         config.update(steps=20000, eval_every=2000)
     if task_name == "omniglot-minimal":
-        # Snell et al.'s 60-way 5-query training episodes and Adam 1e-3, sized to the
-        # 15-minute CPU budget of docs/results.md ("Real handwriting")
-        config["algo"].update(train_ways=60, train_queries=5)
-        config.update(steps=600, eval_every=300)
+        # sized to 15 CPU minutes (docs/results.md, "Real handwriting"): 20-way 5-query
+        # training episodes, 1000 steps, Adam 1e-3. Snell et al. train 60-way; at equal CPU
+        # time 60-way and 20-way episodes gave the same held-out error here (measured
+        # to 300 s), and 20-way steps are 3x cheaper, so the budget splits finer
+        config["algo"].update(train_ways=20, train_queries=5)
+        config.update(steps=1000, eval_every=500)
     if task_name == "digits":
         config["algo"].update(train_queries=5)
         config.update(steps=300, eval_every=100)
