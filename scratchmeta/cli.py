@@ -17,12 +17,11 @@ import warnings
 from . import backend
 from .algorithms import ALGORITHMS
 from .evaluation import task_overrides
+from .tasks.registry import TASKS
 
 DEFAULT_TASK = {"maml": "sinusoid", "fomaml": "sinusoid", "reptile": "sinusoid",
                 "metasgd": "sinusoid", "anil": "sinusoid", "cnp": "sinusoid",
                 "protonet": "glyphs", "matching": "glyphs", "icl": "linreg"}
-TASKS = ("sinusoid", "glyphs", "omniglot", "digits", "linreg")
-CLASSIFICATION = ("glyphs", "omniglot", "digits")
 MAX_INNER_STEPS = 10_000            # adaptation steps: a bound, not a hope
 MAX_POINTS = 10_000_000             # examples drawn at once (tasks x ways x (shots + queries))
 
@@ -102,6 +101,9 @@ def _task_flags(p):
                                        "and images_evaluation/)")
     p.add_argument("--noise-std", type=_nonnegative_float,
                    help="label noise of linreg prompts: y = w.x + eps, eps ~ N(0, noise_std^2)")
+    p.add_argument("--within-alphabet", action="store_true", default=None,
+                   help="each episode's classes from one alphabet (Lake et al. 2015's runs; "
+                        "omniglot, omniglot-minimal)")
 
 
 def build_parser():
@@ -116,7 +118,7 @@ def build_parser():
                        formatter_class=_Formatter, epilog=_train_epilog())
     t.add_argument("algorithm", nargs="?", choices=sorted(ALGORITHMS),
                    help="which algorithm (omit with --resume)")
-    t.add_argument("--task", choices=TASKS, help="task family (default: the algorithm's usual one)")
+    t.add_argument("--task", choices=sorted(TASKS), help="task family (default: the algorithm's usual one)")
     _task_flags(t)
     t.add_argument("--steps", type=_int_at_least(0), help="meta-training steps (outer iterations)")
     t.add_argument("--meta-batch", type=_int_at_least(1), help="tasks per meta-step")
@@ -297,7 +299,7 @@ def cmd_train(parser, args):
         algo["train_ways"] = args.train_ways
     try:
         overrides = {"task": task_overrides(task, args.shots, args.ways, args.queries,
-                                            args.data_root, args.noise_std),
+                                            args.data_root, args.noise_std, args.within_alphabet),
                      "algo": algo, "model": dict({"init": args.init} if args.init else {}, **size),
                      "optimizer": {"lr": args.lr} if args.lr else {},
                      "steps": args.steps, "meta_batch": args.meta_batch,
@@ -345,6 +347,7 @@ def cmd_eval(parser, args):
                                          n_tasks=args.tasks, batch_size=args.batch_size,
                                          seed=args.seed, baselines=not args.no_baselines,
                                          data_root=args.data_root, noise_std=args.noise_std,
+                                         within_alphabet=args.within_alphabet,
                                          progress=not args.no_progress and sys.stderr.isatty())
     except (ValueError, FileNotFoundError) as e:
         _fail(parser, str(e))

@@ -15,45 +15,29 @@ BY_K = "by_k/"
 CLEAN_BY_K = "clean_by_k/"      # noisy prompts: errors against the clean target (excess risk)
 
 
-REGRESSION = ("sinusoid", "linreg")     # every other task is N-way classification
-
-
-def _applies(flag, task):
-    """Whether an evaluation/task flag means something for `task` (else it is refused)."""
-    if flag == "--noise-std":
-        return task == "linreg", "the linreg task (label noise)"
-    if flag in ("--queries", "--shots"):     # a prompt scores every k up to its n_points
-        return task != "linreg", ("tasks with support and query sets (a linreg prompt is scored "
-                                  "at every number of in-context examples k; see by_k)")
-    if flag == "--data-root":
-        return task not in REGRESSION + ("digits",), "dataset tasks (omniglot; glyphs: its cache)"
-    return task not in REGRESSION, "classification tasks"           # --ways
-
-
-def task_overrides(task, shots=None, ways=None, queries=None, data_root=None, noise_std=None):
-    """Evaluation flags as changes to config["task"]; a flag the task has no use for is refused."""
-    given = {"--ways": ways, "--data-root": data_root, "--queries": queries, "--noise-std": noise_std,
-             "--shots": shots}
-    for flag, value in given.items():
-        applies, where = _applies(flag, task)
-        if value is not None and not applies:
-            raise ValueError(f"{flag} applies to {where}, not {task!r}")
-    over = {"noise_std": noise_std}
-    if task == "sinusoid":
-        over.update({"k_support": shots, "k_query": queries})
-    elif task not in REGRESSION:
-        over.update({"k_shot": shots, "n_way": ways, "n_query": queries, "data_root": data_root})
-    return {k: v for k, v in over.items() if v is not None}
+def task_overrides(task, shots=None, ways=None, queries=None, data_root=None, noise_std=None,
+                   within_alphabet=None):
+    """Evaluation flags as changes to config["task"] (the registry's flag table)."""
+    from .tasks.registry import task_overrides as overrides
+    return overrides(task, shots=shots, ways=ways, queries=queries, data_root=data_root,
+                     noise_std=noise_std, within_alphabet=within_alphabet)
 
 
 def evaluate_run(run_dir, shots=None, ways=None, queries=None, inner_steps=None, n_tasks=600,
                  batch_size=100, seed=None, baselines=True, data_root=None, noise_std=None,
-                 progress=False):
-    """Score the last checkpoint of `run_dir` on `n_tasks` held-out tasks (`progress`: a bar)."""
+                 within_alphabet=None, progress=False):
+    """Score the last checkpoint of `run_dir` on `n_tasks` held-out tasks (`progress`: a bar).
+
+    within_alphabet: True draws every episode's classes from one alphabet
+    (Lake et al. 2015's runs), False from all held-out alphabets, None as
+    the run was trained.
+    """
     config, learner, theta, step = train.load_run(run_dir)
     eval_config = copy.deepcopy(config)
     eval_config["task"].update(task_overrides(config["task"]["name"], shots, ways, queries, data_root,
-                                              noise_std))
+                                              noise_std, within_alphabet))
+    if within_alphabet is False:
+        eval_config["task"]["within_alphabet"] = False
     if noise_std is not None:              # ridge's lambda is tuned at the noise of the evaluation
         learner = train.make_learner(eval_config)
     sampler = train.make_sampler(eval_config, "test", seed=seed)

@@ -164,16 +164,10 @@ def meta_train(learner, sampler, steps, meta_batch, optimizer=None, seed=0, run_
 # ---------------------------------------------------------------------------
 # Experiments described by a config dict (what the CLI and run dirs use)
 # ---------------------------------------------------------------------------
-_DATASETS = {}
-
-
 def dataset(name, root=None):
     """Load (once per process) a classification dataset."""
-    from .tasks.datasets import load_dataset
-    key = (name, root)
-    if key not in _DATASETS:
-        _DATASETS[key] = load_dataset(name, root=root)
-    return _DATASETS[key]
+    from .tasks.registry import dataset as load
+    return load(name, root)
 
 
 def algorithm_module(name):
@@ -183,27 +177,17 @@ def algorithm_module(name):
 
 
 def make_sampler(config, split, seed=None):
-    """The task sampler of `config["task"]` for split "train" or "test" (held out)."""
-    task = config["task"]
-    seed = config.get("seed", 0) if seed is None else seed
+    """The task sampler of `config["task"]` for split "train" or "test" (held out).
+
+    An algorithm with its own tasks (a module-level make_sampler, e.g. the
+    prompts of icl) builds them; every other task comes from the registry,
+    scratchmeta.tasks.registry.TASKS.
+    """
+    from .tasks import registry
     module = algorithm_module(config["algorithm"])
     if hasattr(module, "make_sampler"):                    # algorithm-specific tasks (e.g. prompts)
-        return module.make_sampler(config, split, seed)
-    name = task["name"]
-    if name == "sinusoid":
-        from .tasks.regression import Sinusoid
-        # held-out tasks: the same distribution, an independent stream
-        return Sinusoid(k_support=task["k_support"], k_query=task["k_query"],
-                        seed=seed if split == "train" else seed + 1_000_003)
-    if name in ("glyphs", "omniglot", "digits"):
-        data = dataset(name, task.get("data_root"))
-        n_way, n_query = task["n_way"], task["n_query"]
-        if split == "train":   # ProtoNets may train on more ways (and other queries) than they test
-            n_way = config.get("algo", {}).get("train_ways") or n_way
-            n_query = config.get("algo", {}).get("train_queries") or n_query
-        return data.sampler(split, n_way, task["k_shot"], n_query,
-                            seed=seed if split == "train" else seed + 1_000_003)
-    raise ValueError(f"unknown task {name!r}")
+        return module.make_sampler(config, split, config.get("seed", 0) if seed is None else seed)
+    return registry.make_sampler(config, split, seed)
 
 
 def build_config(algorithm, task, overrides=None):

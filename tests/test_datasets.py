@@ -1,4 +1,5 @@
-"""Dataset loaders: Omniglot folders, the rendered glyph set, scikit-learn digits."""
+"""Dataset loaders: Omniglot folders, bundled Omniglot, the rendered glyph set, scikit-learn digits."""
+import json
 import os
 import shutil
 import sys
@@ -7,7 +8,8 @@ import numpy as np
 import pytest
 
 from scratchmeta import backend
-from scratchmeta.tasks import datasets, load_dataset, load_digits, load_glyphs, load_omniglot
+from scratchmeta.tasks import (datasets, load_dataset, load_digits, load_glyphs, load_omniglot,
+                               load_omniglot_minimal, omniglot_minimal)
 
 
 def files_under(path):
@@ -272,3 +274,128 @@ def test_missing_extra_names_the_pip_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
     with pytest.raises(ImportError, match=r"pip install 'scratchmeta\[data\]'"):
         load_digits()
+
+
+# ---------------------------------------------------------------- bundled Omniglot (minimal sets)
+
+@pytest.fixture(scope="module")
+def minimal():
+    return load_omniglot_minimal()
+
+
+def test_bundled_files_are_shipped_with_their_licence_and_checksums():
+    folder = omniglot_minimal.FOLDER
+    for name in omniglot_minimal.ZIPS + (omniglot_minimal.ARRAYS,):
+        omniglot_minimal.verify(name)                       # raises on a mismatch
+    assert "MIT License" in open(os.path.join(folder, "LICENSE")).read()
+    assert set(omniglot_minimal.checksums()) == set(omniglot_minimal.ZIPS + (omniglot_minimal.ARRAYS,))
+    # setup.cfg's package data covers every bundled file, so a wheel install has them
+    import configparser
+    import fnmatch
+    cfg = configparser.ConfigParser()
+    cfg.read(os.path.join(os.path.dirname(os.path.dirname(__file__)), "setup.cfg"))
+    patterns = cfg["options.package_data"]["scratchmeta"].split()
+    for name in os.listdir(folder):
+        assert any(fnmatch.fnmatch(f"data/omniglot/{name}", p) for p in patterns), name
+
+
+def test_checksum_mismatch_is_an_error(tmp_path):
+    for name in os.listdir(omniglot_minimal.FOLDER):
+        shutil.copy(os.path.join(omniglot_minimal.FOLDER, name), tmp_path / name)
+    path = tmp_path / omniglot_minimal.ARRAYS
+    payload = bytearray(path.read_bytes())
+    payload[len(payload) // 2] ^= 1
+    path.write_bytes(bytes(payload))
+    with pytest.raises(ValueError, match="omniglot_minimal_28px.npz' is corrupt"):
+        load_omniglot_minimal(folder=str(tmp_path))
+    os.remove(path)
+    with pytest.raises(FileNotFoundError, match="missing.*reinstall scratchmeta"):
+        load_omniglot_minimal(folder=str(tmp_path))
+
+
+def test_bundled_arrays_equal_a_fresh_decode_of_the_zips():
+    pytest.importorskip("PIL.Image", reason="re-decoding the zips needs Pillow (the 'data' extra)")
+    shipped = omniglot_minimal.load_arrays()
+    fresh = omniglot_minimal.decode_zips()
+    assert set(shipped) == set(fresh)
+    for name in fresh:
+        np.testing.assert_array_equal(shipped[name], fresh[name], err_msg=name)
+
+
+def test_bundled_omniglot_loads_offline_without_pillow(monkeypatch):
+    for module in ("PIL", "PIL.Image", "matplotlib", "sklearn"):
+        monkeypatch.setitem(sys.modules, module, None)      # importing them now fails
+    data = load_omniglot_minimal()
+    assert data.images.dtype == np.float32 and data.images.shape[1:] == (1, 28, 28)
+    assert 0 <= data.images.min() and data.images.max() <= 1
+
+
+def test_minimal_split_is_by_alphabet_with_rotated_training_classes(minimal):
+    arrays = omniglot_minimal.load_arrays()
+    assert arrays["images"].shape == (4840, 28, 28) and arrays["alphabet"].size == 242
+    names = minimal.group_names
+    alphabet_of = lambda classes: {names[g] for g in minimal.groups[classes]}
+    assert alphabet_of(minimal.test_classes) == {"Balinese", "Early_Aramaic"}
+    assert alphabet_of(minimal.val_classes) == {"Tagalog"}
+    assert alphabet_of(minimal.train_classes) == {"Greek", "Japanese_(katakana)", "Korean",
+                                                   "Latin", "Sanskrit"}
+    # the rule: sorted by name, the first two test, the last validates
+    assert sorted(names)[:2] == ["Balinese", "Early_Aramaic"] and sorted(names)[-1] == "Tagalog"
+    # 179 training characters x 4 rotations; held-out characters stay upright (id 4c)
+    assert len(minimal.train_classes) == 4 * 179
+    assert len(minimal.val_classes) == 17 and len(minimal.test_classes) == 46
+    assert (minimal.test_classes % 4 == 0).all() and (minimal.val_classes % 4 == 0).all()
+    # no character is in two splits
+    chars = [set((c // 4).tolist()) for c in (minimal.train_classes, minimal.val_classes,
+                                              minimal.test_classes)]
+    assert not (chars[0] & chars[1] or chars[0] & chars[2] or chars[1] & chars[2])
+    assert np.array_equal(np.bincount(minimal.labels)[minimal.train_classes], np.full(716, 20))
+    # class 4c + r is class 4c's drawings rotated by r * 90 degrees
+    c = int(minimal.train_classes[5]) // 4
+    upright = minimal.images[minimal.labels == 4 * c]
+    np.testing.assert_array_equal(minimal.images[minimal.labels == 4 * c + 1],
+                                  np.rot90(upright, 1, axes=(2, 3)))
+    assert minimal.class_names[4 * c + 1].endswith("/rot90")
+
+
+def test_within_alphabet_episodes_on_the_bundled_set(minimal):
+    names = minimal.group_names
+    held_out = {names.index("Balinese"), names.index("Early_Aramaic"), names.index("Tagalog")}
+    train = minimal.sampler("train", 60, 1, 5, seed=0, within_group=True)
+    classes, support, query = train.sample_indices(200)
+    groups = minimal.groups[classes]
+    assert (groups == groups[:, :1]).all()                            # one alphabet an episode
+    assert not set(groups.ravel().tolist()) & held_out                  # never a held-out one
+    assert not set(minimal.groups[minimal.labels[np.concatenate([support, query], 1)]].ravel()
+                   .tolist()) & held_out
+    # 60-way within one alphabet uses rotations: Latin has 26 characters, 104 classes
+    assert set(groups[:, 0].tolist()) == {names.index(a) for a in
+                                          ("Greek", "Japanese_(katakana)", "Korean", "Latin", "Sanskrit")}
+    test = minimal.sampler("test", 20, 1, 1, seed=0, within_group=True)
+    classes, _, _ = test.sample_indices(100)
+    assert (minimal.groups[classes] == minimal.groups[classes][:, :1]).all()
+    assert set(minimal.groups[classes[:, 0]].tolist()) == {names.index("Balinese"),
+                                                           names.index("Early_Aramaic")}
+    with pytest.raises(ValueError, match="larger than every group.*24 classes"):
+        minimal.sampler("test", 25, 1, 1, within_group=True)
+    with pytest.raises(ValueError, match="has no alphabets"):
+        load_digits().sampler("train", 2, 1, 1, within_group=True)
+
+
+def test_cli_trains_and_evaluates_within_alphabet_on_the_bundled_set(tmp_path, capsys):
+    from scratchmeta import cli
+    out = str(tmp_path / "run")
+    assert cli.main(["train", "protonet", "--task", "omniglot-minimal", "--out", out,
+                     "--steps", "2", "--train-ways", "5", "--eval-every", "0",
+                     "--within-alphabet", "--no-progress"]) == 0
+    config = json.loads(open(os.path.join(out, "config.json")).read())
+    assert config["task"]["name"] == "omniglot-minimal" and config["task"]["within_alphabet"]
+    capsys.readouterr()
+    assert cli.main(["eval", out, "--ways", "20", "--shots", "1", "--within-alphabet",
+                     "--tasks", "8", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["task"]["n_way"] == 20 and report["task"]["within_alphabet"] is True
+    assert report["tasks"] == 8 and 0 <= report["mean"] <= 1
+    with pytest.raises(SystemExit):
+        cli.main(["eval", out, "--ways", "25", "--within-alphabet", "--tasks", "2"])
+    assert "larger than every group" in capsys.readouterr().err

@@ -352,6 +352,130 @@ def test_episode_invariants_for_random_configurations(data):
         np.testing.assert_array_equal(labels[q], np.repeat(c, n_query))
 
 
+# ---------------------------------------------------------------- within-group (alphabet) episodes
+
+# TRAIN's 8 classes in three "alphabets": 0 has 3 classes, 1 has 4, 2 has 1
+GROUPS = np.array([0, 0, 0, 1, 1, 1, 1, 2])
+
+
+def test_within_group_episodes_never_mix_groups():
+    images, labels = toy_dataset(COUNTS)
+    sampler = EpisodeSampler(images, labels, TRAIN, 3, 1, 2, seed=4, groups=GROUPS)
+    classes, support, query = sampler.sample_indices(500)
+    group_of = dict(zip(TRAIN.tolist(), GROUPS.tolist()))
+    picked = np.vectorize(group_of.get)(classes)                        # (E, N)
+    assert (picked == picked[:, :1]).all()                              # one group per episode
+    for part in (support, query):                                       # examples follow classes
+        assert (np.vectorize(group_of.get)(labels[part]) == picked[:, :1]).all()
+    # group 2 (1 class) cannot hold a 3-way episode; groups 0 and 1 each come up about half
+    share = np.bincount(picked[:, 0], minlength=3) / len(picked)
+    assert share[2] == 0 and abs(share[0] - 0.5) < 0.08
+    # inside group 1 every class turns up
+    assert set(classes[picked[:, 0] == 1].ravel()) == set(TRAIN[GROUPS == 1])
+
+
+def test_without_groups_episodes_do_mix():
+    images, labels = toy_dataset(COUNTS)
+    classes, _, _ = EpisodeSampler(images, labels, TRAIN, 3, 1, 2, seed=4).sample_indices(200)
+    group_of = dict(zip(TRAIN.tolist(), GROUPS.tolist()))
+    picked = np.vectorize(group_of.get)(classes)
+    assert (picked != picked[:, :1]).any()
+
+
+def test_within_group_state_config_and_errors():
+    images, labels = toy_dataset(COUNTS)
+    sampler = EpisodeSampler(images, labels, TRAIN, 4, 1, 1, seed=2, groups=GROUPS)
+    state = sampler.state_dict()
+    first = sampler.sample_indices(5)
+    sampler.load_state_dict(state)
+    for a, b in zip(first, sampler.sample_indices(5)):
+        np.testing.assert_array_equal(a, b)
+    assert sampler.config()["groups"] == GROUPS.tolist()
+    with pytest.raises(ValueError, match="larger than every group.*4 classes"):
+        EpisodeSampler(images, labels, TRAIN, 5, 1, 1, groups=GROUPS)
+    with pytest.raises(ValueError, match="one group per class: 3 groups for 8 classes"):
+        EpisodeSampler(images, labels, TRAIN, 2, 1, 1, groups=GROUPS[:3])
+
+
+# ---------------------------------------------------------------- the task registry
+
+def test_registry_names_every_task_and_train_asks_it():
+    import inspect
+
+    from scratchmeta import train
+    from scratchmeta.tasks import registry
+    assert set(registry.TASKS) == {"sinusoid", "linreg", "glyphs", "omniglot",
+                                   "omniglot-minimal", "digits"}
+    assert set(registry.CLASSIFICATION) == {"glyphs", "omniglot", "omniglot-minimal", "digits"}
+    # train.make_sampler has no per-task branches left: no task name in its source
+    source = inspect.getsource(train.make_sampler)
+    assert not any(f'"{name}"' in source for name in registry.TASKS)
+    with pytest.raises(ValueError, match="unknown task 'mnist'"):
+        registry.make_sampler({"task": {"name": "mnist"}}, "train")
+
+
+def test_a_new_task_is_one_registry_entry(monkeypatch):
+    from scratchmeta import train
+    from scratchmeta.tasks import registry
+    entry = registry.Task("sine-5", "regression",
+                          lambda task, split, seed, algo: Sinusoid(k_support=5, k_query=3, seed=seed),
+                          {"shots": "k_support"}, "five-shot sines")
+    monkeypatch.setitem(registry.TASKS, "sine-5", entry)
+    config = {"algorithm": "maml", "task": {"name": "sine-5"}, "seed": 7}
+    batch = as_host(train.make_sampler(config, "train").sample(2))
+    assert batch["support_x"].shape == (2, 5, 1)
+    held_out = as_host(train.make_sampler(config, "test").sample(2))       # another stream
+    assert not np.array_equal(batch["support_x"], held_out["support_x"])
+    assert registry.task_overrides("sine-5", shots=9) == {"k_support": 9}
+
+
+def test_task_overrides_map_flags_and_refuse_flags_a_task_lacks():
+    from scratchmeta.tasks import registry
+    assert registry.task_overrides("omniglot-minimal", shots=1, ways=20, within_alphabet=True) == {
+        "k_shot": 1, "n_way": 20, "within_alphabet": True}
+    assert registry.task_overrides("sinusoid", shots=5, queries=7) == {
+        "k_support": 5, "k_query": 7}
+    with pytest.raises(ValueError, match="--ways applies to classification tasks, not 'sinusoid'"):
+        registry.task_overrides("sinusoid", ways=3)
+    with pytest.raises(ValueError, match="--shots applies to tasks with support and query sets"):
+        registry.task_overrides("linreg", shots=3)
+    with pytest.raises(ValueError, match="--within-alphabet applies to tasks with alphabets"):
+        registry.task_overrides("glyphs", within_alphabet=True)
+    with pytest.raises(ValueError, match="--noise-std applies to the linreg task"):
+        registry.task_overrides("sinusoid", noise_std=0.1)
+
+
+def test_tasks_package_has_no_import_circle():
+    """Loaders import datasets.py, never the reverse; the registry imports the loaders."""
+    import ast
+    import pathlib
+
+    import scratchmeta.tasks as tasks
+    folder = pathlib.Path(tasks.__file__).parent
+    imports = {}
+    for path in folder.glob("*.py"):
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                names.add(node.module or "")
+        imports[path.stem] = names - {""}
+    seen, stack = set(), []
+
+    def visit(module):                          # depth-first search for a back edge
+        assert module not in stack, f"import circle: {' -> '.join(stack + [module])}"
+        if module in seen or module not in imports:
+            return
+        stack.append(module)
+        for other in imports[module]:
+            visit(other)
+        stack.pop()
+        seen.add(module)
+
+    for module in imports:
+        visit(module)
+    assert "registry" not in imports["datasets"] and "glyphs" not in imports["datasets"]
+
+
 # ---------------------------------------------------------------- device transfer
 
 def test_samplers_cross_to_the_backend_only_explicitly():

@@ -11,11 +11,11 @@ import math
 from .. import backend, nn
 from .. import functional as F
 from ..recipes import recipe
+from ..tasks.registry import CLASSIFICATION     # every image-classification task
 from ..tensor import Tensor, as_tensor
 
 BATCH_KEYS = ("support_x", "support_y", "query_x", "query_y")
 LOSSES = ("mse", "cross_entropy")
-CLASSIFICATION = ("glyphs", "omniglot", "digits")
 
 
 # -- the meta-batch ------------------------------------------------------------------

@@ -6,12 +6,19 @@ lists, so that meta-test classes are never seen in meta-training (Vinyals
 et al. 2016, arXiv:1606.04080). `Dataset.sampler(split, ...)` gives the
 EpisodeSampler over one split.
 
+This module holds the Dataset and what every loader shares (optional
+imports, caches); the loaders themselves (glyphs.py, omniglot.py,
+omniglot_minimal.py, `load_digits` here) import it, never the other way,
+and `tasks.registry.load_dataset(name)` dispatches on a name:
+
     load_dataset("glyphs")              # rendered from matplotlib's DejaVu fonts
     load_dataset("omniglot", root=...)  # Lake et al.'s PNG folders
+    load_dataset("omniglot-minimal")    # bundled: Omniglot's two minimal sets
     load_dataset("digits")              # scikit-learn's bundled 8x8 digits
 
 Pillow, matplotlib and scikit-learn are the optional extra
-`pip install 'scratchmeta[data]'`; each loader imports what it needs.
+`pip install 'scratchmeta[data]'`; each loader imports what it needs
+(omniglot-minimal at 28x28 needs none of them).
 """
 import dataclasses
 import importlib
@@ -42,6 +49,9 @@ class Dataset:
     labels: host int64 (n,)
     train_classes, val_classes, test_classes: host int64 class ids, disjoint
     class_names: optional readable name per class id
+    groups: optional host int64 group (alphabet) per class id, for
+        within-group episodes (`sampler(..., within_group=True)`)
+    group_names: optional readable name per group id
     """
 
     images: object
@@ -51,6 +61,8 @@ class Dataset:
     test_classes: object
     name: str
     class_names: tuple = ()
+    groups: object = None
+    group_names: tuple = ()
 
     def __repr__(self):
         return (f"Dataset({self.name!r}, images={tuple(self.images.shape)}, "
@@ -65,13 +77,23 @@ class Dataset:
             raise ValueError(f"unknown split {split!r}; choose 'train', 'val' or 'test'")
         return splits[split]
 
-    def sampler(self, split, n_way, k_shot, n_query, seed=0, dtype=None):
-        """An EpisodeSampler over the classes of one split."""
+    def sampler(self, split, n_way, k_shot, n_query, seed=0, dtype=None, within_group=False):
+        """An EpisodeSampler over the classes of one split.
+
+        within_group: every episode's N classes come from one group (one
+        alphabet: Lake et al. 2015's within-alphabet runs).
+        """
         classes = self.classes(split)
         if len(classes) == 0:
             raise ValueError(f"the {split} split of {self.name!r} is empty")
+        groups = None
+        if within_group:
+            if self.groups is None:
+                raise ValueError(f"dataset {self.name!r} has no alphabets (groups): "
+                                 f"within-alphabet episodes need them")
+            groups = self.groups[classes]
         return EpisodeSampler(self.images, self.labels, classes, n_way, k_shot,
-                              n_query, seed=seed, dtype=dtype)
+                              n_query, seed=seed, dtype=dtype, groups=groups)
 
 
 def split_classes(n_classes, fractions=(0.6, 0.2), seed=0):
@@ -144,28 +166,3 @@ def load_digits(image_size=28):
                    val_classes=host.zeros(0, dtype=host.int64),
                    test_classes=host.arange(5, 10, dtype=host.int64),
                    name="digits", class_names=tuple(str(d) for d in range(10)))
-
-
-def load_dataset(name, root=None, **kw):
-    """Dispatch on name: "glyphs" | "omniglot" | "digits".
-
-    root is the Omniglot folder for "omniglot" (required), the cache folder
-    for "glyphs" (optional, as cache_dir), and must be None for "digits".
-    """
-    from .glyphs import load_glyphs
-    from .omniglot import load_omniglot
-
-    if name == "glyphs":
-        if root is not None:
-            kw.setdefault("cache_dir", root)
-        return load_glyphs(**kw)
-    if name == "omniglot":
-        if root is None:
-            raise ValueError("dataset 'omniglot' needs root=<folder holding "
-                             "images_background/ and images_evaluation/>")
-        return load_omniglot(root, **kw)
-    if name == "digits":
-        if root is not None:
-            raise ValueError("dataset 'digits' is bundled with scikit-learn and takes no root")
-        return load_digits(**kw)
-    raise ValueError(f"unknown dataset {name!r}; choose 'glyphs', 'omniglot' or 'digits'")

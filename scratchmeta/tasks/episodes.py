@@ -12,6 +12,12 @@ n smallest keys are a uniform sample of n items without replacement, in
 random order. One call picks the classes of every episode at once, a second
 the examples within every (episode, class) pair; no Python loop runs over
 episodes or examples.
+
+Within-group episodes (Lake, Salakhutdinov & Tenenbaum 2015's one-shot
+runs: 20 characters of one alphabet per run): with `groups` (one group id,
+e.g. an alphabet, per class), each episode first picks one group uniformly
+among those with at least N classes, then N of that group's classes; the
+keys of every other class are set above any uniform draw, so they sort last.
 """
 from .. import backend
 from ..backend import host
@@ -62,6 +68,8 @@ class EpisodeSampler(SeededSampler):
     images:  host array (n, C, H, W) (any (n, ...) works), e.g. float in [0, 1]
     labels:  (n,) integer class ids
     classes: the class ids of this split; examples of other classes are never used
+    groups:  None, or one group id per entry of `classes`: each episode then
+             draws its N classes from a single group (within-alphabet episodes)
 
     sample(E) returns backend arrays
         support_x (E, N*K, C, H, W)   support_y (E, N*K) int64 in 0..N-1
@@ -70,7 +78,8 @@ class EpisodeSampler(SeededSampler):
     in class-major order: class 0's K shots, then class 1's, and so on.
     """
 
-    def __init__(self, images, labels, classes, n_way, k_shot, n_query, seed=0, dtype=None):
+    def __init__(self, images, labels, classes, n_way, k_shot, n_query, seed=0, dtype=None,
+                 groups=None):
         self.n_way = check_count("n_way", n_way)
         self.k_shot = check_count("k_shot", k_shot)
         self.n_query = check_count("n_query", n_query)
@@ -104,6 +113,18 @@ class EpisodeSampler(SeededSampler):
                              f"k_shot + n_query = {self.k_shot} + {self.n_query} = {needed} "
                              f"are needed ({short.size} class(es) too small)")
         self.images, self.labels, self.classes = images, labels, classes
+        self.groups = self._eligible = None
+        if groups is not None:
+            groups = _integer_array("groups", groups)
+            if groups.shape != classes.shape:
+                raise ValueError(f"groups must give one group per class: {groups.size} groups "
+                                 f"for {classes.size} classes")
+            ids, sizes = host.unique(groups, return_counts=True)
+            self._eligible = ids[sizes >= self.n_way]
+            if self._eligible.size == 0:
+                raise ValueError(f"n_way={self.n_way} is larger than every group: the largest "
+                                 f"group (alphabet) of the split has {int(sizes.max())} classes")
+            self.groups = groups
         self._table, self._counts = table, counts
         super().__init__(seed)
 
@@ -113,7 +134,8 @@ class EpisodeSampler(SeededSampler):
 
     def config(self):
         return {"n_way": self.n_way, "k_shot": self.k_shot, "n_query": self.n_query,
-                "seed": self.seed, "dtype": self.dtype, "classes": self.classes.tolist()}
+                "seed": self.seed, "dtype": self.dtype, "classes": self.classes.tolist(),
+                "groups": None if self.groups is None else self.groups.tolist()}
 
     def sample_indices(self, n_episodes):
         """Host int64 arrays: class ids (E, N), support (E, N*K), query (E, N*Q).
@@ -124,7 +146,12 @@ class EpisodeSampler(SeededSampler):
         n_episodes = check_count("n_episodes", n_episodes)
         e, n, k, q = n_episodes, self.n_way, self.k_shot, self.n_query
         # N distinct classes per episode: first N of a random permutation of the M rows
-        rows = smallest(self._rng.random((e, self.n_classes)), n)           # (E, N)
+        keys = self._rng.random((e, self.n_classes))                         # (E, M)
+        if self.groups is not None:
+            # one group per episode; the classes of other groups sort last (2 > any key)
+            group = self._eligible[self._rng.integers(self._eligible.size, size=e)]
+            keys = host.where(self.groups == group[:, None], keys, 2.0)
+        rows = smallest(keys, n)                                             # (E, N)
         # K+Q distinct examples per picked class; padding keys (2 > any uniform) sort last
         width = self._table.shape[1]
         keys = self._rng.random((e, n, width))

@@ -58,12 +58,15 @@ def find_characters(root):
     return sorted(characters, key=lambda c: (c[0], c[1]))
 
 
-def _decode(paths, image_size):
-    """uint8 (n, image_size, image_size), ink 255 on background 0."""
-    image_module = require("PIL.Image", "load_omniglot")
-    out = host.empty((len(paths), image_size, image_size), dtype=host.uint8)
-    for i, path in enumerate(paths):
-        with image_module.open(path) as im:
+def decode(sources, image_size, who="load_omniglot"):
+    """uint8 (n, image_size, image_size), ink 255 on background 0.
+
+    sources: PNG paths or binary file objects (e.g. members of a zip).
+    """
+    image_module = require("PIL.Image", who)
+    out = host.empty((len(sources), image_size, image_size), dtype=host.uint8)
+    for i, source in enumerate(sources):
+        with image_module.open(source) as im:
             im = im.convert("L")                         # mode "1" PNG -> 0/255
         # invert to ink-bright, then LANCZOS as in Finn et al.'s resize script
         im = im.point(lambda v: 255 - v)
@@ -87,7 +90,7 @@ def _decoded(root, image_size, cache):
     character = host.repeat(host.arange(len(characters)),
                             [len(pngs) for _, _, pngs in characters])
     names = [f"{a}/{c}" for a, c, _ in characters]
-    images = _decode(paths, image_size)
+    images = decode(paths, image_size)
     if cache is not None:
         save_cache(cache, key, images=images, character=character, names=host.array(names))
     return images, character, names
@@ -112,6 +115,9 @@ def load_omniglot(root, image_size=28, rotations=True, n_train_characters=1200,
         rebuilt. Decoding all 32,460 PNGs takes some seconds, hence the
         cache. With rotations the full set is 129,840 images, about 410 MB
         of float32 at 28x28.
+    The Dataset's `groups[class id]` is the class's alphabet (index into
+    `group_names`), for within-alphabet episodes. Vinyals et al.'s split is
+    by character, so one alphabet can have classes in train and in test.
     """
     image_size = check_count("image_size", image_size)
     n_train_characters = check_count("n_train_characters", n_train_characters)
@@ -138,6 +144,11 @@ def load_omniglot(root, image_size=28, rotations=True, n_train_characters=1200,
     else:
         images, labels, splits, class_names = base, character, char_ids, tuple(names)
     train, val, test = (s.astype(host.int64) for s in splits)
+    # each class's alphabet, for within-alphabet episodes (Lake et al.'s runs)
+    alphabets = sorted({n.split("/")[0] for n in names})
+    groups = host.array([alphabets.index(n.split("/")[0]) for n in names], dtype=host.int64)
     return Dataset(images=host.ascontiguousarray(images), labels=labels.astype(host.int64),
                    train_classes=train, val_classes=val, test_classes=test,
-                   name="omniglot", class_names=class_names)
+                   name="omniglot", class_names=class_names,
+                   groups=host.repeat(groups, 4) if rotations else groups,
+                   group_names=tuple(alphabets))
