@@ -161,10 +161,12 @@ def make_sampler(config, split, seed=None):
     if name in ("glyphs", "omniglot", "digits"):
         data = dataset(name, task.get("data_root"))
         n_way, n_query = task["n_way"], task["n_query"]
+        k_shot = task["k_shot"]
         if split == "train":   # ProtoNets may train on more ways (and other queries) than they test
             n_way = config.get("algo", {}).get("train_ways") or n_way
             n_query = config.get("algo", {}).get("train_queries") or n_query
-        return data.sampler(split, n_way, task["k_shot"], n_query,
+            k_shot = config.get("algo", {}).get("train_shots") or k_shot   # Reptile: --train-shots
+        return data.sampler(split, n_way, k_shot, n_query,
                             seed=seed if split == "train" else seed + 1_000_003)
     raise ValueError(f"unknown task {name!r}")
 
@@ -202,7 +204,7 @@ def run(config, run_dir, resume=False, progress=True):
     learner = make_learner(config)
     sampler = make_sampler(config, "train")
     eval_sampler = make_sampler(config, "test") if config.get("eval_every") else None
-    optimizer = make_optimizer(config["optimizer"])
+    optimizer = make_optimizer(config["optimizer"], total_steps=config["steps"])
     theta, start = None, 0
     ckpt = os.path.join(run_dir, runs.CHECKPOINT)
     if resume and os.path.exists(ckpt):

@@ -14,7 +14,7 @@ from ..tensor import Tensor, as_tensor
 
 BATCH_KEYS = ("support_x", "support_y", "query_x", "query_y")
 LOSSES = ("mse", "cross_entropy")
-CLASSIFICATION = ("glyphs", "omniglot", "digits")
+CLASSIFICATION = ("glyphs", "omniglot", "omniglot-minimal", "digits")
 
 
 # -- the meta-batch ------------------------------------------------------------------

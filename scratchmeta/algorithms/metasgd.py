@@ -35,8 +35,9 @@ class MetaSGD(MAML):
     name = "metasgd"
 
     def __init__(self, model, inner_lr=0.01, inner_steps=1, first_order=False, loss="mse",
-                 eval_inner_steps=None, learn_lr=True):
-        super().__init__(model, inner_lr, inner_steps, first_order, loss, eval_inner_steps)
+                 eval_inner_steps=None, learn_lr=True, inner_reduction="mean"):
+        super().__init__(model, inner_lr, inner_steps, first_order, loss, eval_inner_steps,
+                         inner_reduction)
         self.learn_lr = bool(learn_lr)
 
     def config(self):
