@@ -300,3 +300,30 @@ class MAMLConv4:
 
     def __call__(self, params, x):
         return self.head(params, self.features(params, x))
+
+
+def conv4_features_eval(model, params, x, statistics=None, eps=1e-5):
+    """Conv4.features with batch norm's statistics recorded or given (PyTorch's eval mode).
+
+    model: an nn.Conv4; params unbatched; x (N, C, H, W). statistics None:
+    normalise with the batch's own mean and (biased) variance, as Conv4 does,
+    and return them; a list of (mean, var) per block, each (hidden,): normalise
+    with those (running statistics). Returns (features (N, feature_dim), the
+    [(mean, var)] used, as backend arrays).
+    """
+    used = []
+    for i in range(model.blocks):
+        h = F.conv2d(x, params[f"conv{i}.w"], params[f"conv{i}.b"], padding=1)   # (N, C, H, W)
+        if statistics is None:
+            mean = h.data.mean(axis=(0, 2, 3))
+            var = h.data.var(axis=(0, 2, 3))
+        else:
+            mean, var = statistics[i]
+        used.append((mean, var))
+        shape = (1, -1, 1, 1)
+        scale = params[f"bn{i}.w"].reshape(shape) * tensor(
+            backend.asarray(1.0 / backend.xp.sqrt(var + eps), dtype=h.dtype).reshape(shape))
+        h = (h - tensor(backend.asarray(mean, dtype=h.dtype).reshape(shape))) * scale \
+            + params[f"bn{i}.b"].reshape(shape)
+        x = F.max_pool2d(h, 2).relu()
+    return x.reshape((x.shape[0], model.feature_dim)), used

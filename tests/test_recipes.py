@@ -231,3 +231,50 @@ def test_reptile_omniglot_recipe_trains_evaluates_and_resumes_its_rng():
     assert set(out) == {"accuracy", "loss", "accuracy_step0"} and out["accuracy"].shape == (3,)
     with pytest.raises(ValueError, match="inner_batch"):
         R.Reptile(nn.MLP((1, 2, 1)), inner_batch=4)              # minibatches need the Adam loop
+
+
+# -- batch norm in eval mode at test time (ProtoNet, Matching Networks) -----------------------
+def test_conv4_eval_forward_with_its_own_statistics_is_conv4():
+    model = nn.Conv4(hidden=4, image_size=12, blocks=3)
+    theta = model.init(0)
+    x = arr(np.random.default_rng(0).normal(size=(6, 1, 12, 12)))
+    z, stats = nn.conv4_features_eval(model, theta, sm.tensor(x))
+    np.testing.assert_allclose(host(z), host(model(theta, x)), rtol=1e-9, atol=1e-10)
+    z2, _ = nn.conv4_features_eval(model, theta, sm.tensor(x), stats)
+    np.testing.assert_allclose(host(z2), host(z), rtol=1e-12, atol=1e-12)
+
+
+def test_protonet_running_statistics_follow_pytorchs_batchnorm():
+    torch = pytest.importorskip("torch")
+    from scratchmeta.algorithms import protonet as P
+    model = nn.Conv4(hidden=4, image_size=8, blocks=2)
+    learner = P.ProtoNet(model, test_batch_norm="running")
+    theta = learner.init(0)
+    bn = torch.nn.BatchNorm2d(4).double()                       # momentum 0.1, eps 1e-5
+    conv = torch.nn.Conv2d(1, 4, 3, padding=1).double()
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor(host(theta["conv0.w"])))
+        conv.bias.copy_(torch.tensor(host(theta["conv0.b"])))
+    for seed in range(3):
+        batch = image_batch(T=1, n_way=3, k_shot=2, n_query=2, size=8, seed=seed)
+        learner.meta_step(theta, batch)                         # theta fixed: only the statistics move
+        x = torch.tensor(np.concatenate([host(batch["support_x"][0]), host(batch["query_x"][0])]))
+        bn.train()
+        bn(conv(x))
+    mean, var = learner.running.stats[0]
+    np.testing.assert_allclose(host(mean), bn.running_mean.numpy(), rtol=1e-10)
+    np.testing.assert_allclose(host(var), bn.running_var.numpy(), rtol=1e-10)
+    test = image_batch(T=2, n_way=3, k_shot=1, n_query=2, size=8, seed=5)
+    acc = learner.evaluate(theta, test, baselines=False)["accuracy"]
+    assert acc.shape == (2,)
+    # a test episode is scored with the running statistics, not its own: the result
+    # does not depend on which other images share its batch
+    one = {k: v[:1] for k, v in test.items()}
+    z_all = learner.test_embed(theta, test)[1]
+    z_one = learner.test_embed(theta, one)[1]
+    np.testing.assert_allclose(host(z_all)[0], host(z_one)[0], rtol=1e-12)
+    restored = P.ProtoNet(model, test_batch_norm="running")
+    restored.load_state_dict(learner.state_dict())
+    np.testing.assert_allclose(host(restored.running.stats[1][1]), host(learner.running.stats[1][1]))
+    with pytest.raises(ValueError, match="test_batch_norm"):
+        P.ProtoNet(model, test_batch_norm="eval")

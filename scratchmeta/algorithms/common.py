@@ -153,6 +153,13 @@ def accuracy(scores, y):
 
 
 # -- building a learner from a config ------------------------------------------------
+def check_algo(algo, allowed, who):
+    """Refuse algo keys the learner does not know (a typo would otherwise be ignored)."""
+    unknown = sorted(set(algo) - set(allowed))
+    if unknown:
+        raise ValueError(f"{who}: unknown algo keys {unknown}; allowed: {sorted(allowed)}")
+
+
 def model_and_loss(config):
     """The model of config["model"] and the loss its task needs."""
     model = nn.build_model(config["model"])

@@ -55,11 +55,13 @@ class MatchingNet(ProtoNet):
 
     name = "matching"
 
-    def __init__(self, model, train_ways=None):
-        super().__init__(model, distance="cosine", train_ways=train_ways)
+    def __init__(self, model, train_ways=None, test_batch_norm="transductive"):
+        super().__init__(model, distance="cosine", train_ways=train_ways,
+                         test_batch_norm=test_batch_norm)
 
     def config(self):
-        return {"model": self.model.config(), "algo": {"train_ways": self.train_ways}}
+        return {"model": self.model.config(),
+                "algo": {"train_ways": self.train_ways, "test_batch_norm": self.test_batch_norm}}
 
     def log_probs(self, z_support, y_support, z_query, n_way):
         return log_probs(z_support, y_support, z_query, n_way)
@@ -71,8 +73,9 @@ def make_learner(config):
         raise ValueError("matching: the config has no model (see scratchmeta.recipes)")
     model = nn.build_model(config["model"])
     algo = dict(config.get("algo") or {})
-    check_algo(algo, ("train_ways", "train_queries"), "matching")
-    return MatchingNet(model, train_ways=algo.get("train_ways"))
+    check_algo(algo, ("train_ways", "train_queries", "test_batch_norm"), "matching")
+    return MatchingNet(model, train_ways=algo.get("train_ways"),
+                       test_batch_norm=algo.get("test_batch_norm", "transductive"))
 
 
 __all__ = ["attention", "class_probs", "log_probs", "MatchingNet", "make_learner"]
