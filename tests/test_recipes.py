@@ -278,3 +278,17 @@ def test_protonet_running_statistics_follow_pytorchs_batchnorm():
     np.testing.assert_allclose(host(restored.running.stats[1][1]), host(learner.running.stats[1][1]))
     with pytest.raises(ValueError, match="test_batch_norm"):
         P.ProtoNet(model, test_batch_norm="eval")
+
+
+def test_metasgd_and_anil_on_maml_conv4_leave_batch_norm_to_the_outer_loop():
+    from scratchmeta.algorithms import anil as A
+    from scratchmeta.algorithms import metasgd as S
+    model = nn.MAMLConv4(hidden=3, n_classes=2, image_size=8)
+    batch = image_batch(T=2, n_way=2, k_shot=1, n_query=2, size=8)
+    metasgd = S.MetaSGD(model, inner_lr=0.4, loss="cross_entropy", inner_reduction="sum/k")
+    theta = metasgd.init(0)
+    assert {k[len(S.PREFIX):] for k in theta if k.startswith(S.PREFIX)} == set(model.inner_names())
+    for learner in (metasgd, A.ANIL(model, inner_lr=0.4, loss="cross_entropy")):
+        params = learner.init(0)
+        _, grads, _ = learner.meta_step(params, batch)
+        assert set(grads) == set(params) and np.abs(host(grads["bn0.b"])).max() > 0

@@ -50,9 +50,11 @@ class MetaSGD(MAML):
 
     def init(self, seed):
         theta = self.model.init(seed)
-        if self.learn_lr:
+        if self.learn_lr:          # a rate for each parameter the inner loop adapts
+            adapted = set(theta if self.adapt_names is None else self.adapt_names)
             for k, v in list(self._constant_lr(theta).items()):
-                theta[PREFIX + k] = Tensor(v.data, requires_grad=True)
+                if k in adapted:
+                    theta[PREFIX + k] = Tensor(v.data, requires_grad=True)
         return theta
 
     def inner_rates(self, params):
