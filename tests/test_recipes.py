@@ -229,6 +229,8 @@ def test_reptile_omniglot_recipe_trains_evaluates_and_resumes_its_rng():
     test = image_batch(T=3, n_way=5, k_shot=1, n_query=2, size=8, seed=1)
     out = learner.evaluate(theta, test, inner_steps=3)
     assert set(out) == {"accuracy", "loss", "accuracy_step0"} and out["accuracy"].shape == (3,)
+    zero = learner.evaluate(theta, test, inner_steps=0)                  # no adaptation: theta's
+    np.testing.assert_array_equal(zero["accuracy"], zero["accuracy_step0"])
     with pytest.raises(ValueError, match="inner_batch"):
         R.Reptile(nn.MLP((1, 2, 1)), inner_batch=4)              # minibatches need the Adam loop
 

@@ -40,7 +40,7 @@ def minibatch_indices(rng, n_tasks, n_points, batch_size, iters):
     """(iters, T, batch_size) support indices: each task's points in a fresh random order
     every epoch, consecutive batches, a batch running on into the next epoch
     (supervised-reptile reptile.py _mini_batches, replacement=False)."""
-    epochs = -(-iters * batch_size // n_points)
+    epochs = max(1, -(-iters * batch_size // n_points))
     order = [backend.host.concatenate([rng.permutation(n_points) for _ in range(epochs)])
              for _ in range(n_tasks)]
     stream = backend.host.stack(order)[:, :iters * batch_size]        # (T, iters * B)
