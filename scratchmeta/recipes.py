@@ -195,7 +195,7 @@ def _metric(task, algorithm):
         recipe["algo"] = dict(algo, train_ways=5, train_queries=15)
         recipe.update(steps=10000, eval_every=1000)    # 100 epochs of 100 episodes
     if task == "omniglot-minimal":
-        recipe.update(steps=600, eval_every=300)       # ours: the 15-minute CPU budget (issue 13)
+        recipe.update(steps=600, eval_every=300)       # ours: a 15-minute CPU budget on 2 cores
     if task == "digits":
         recipe["algo"] = dict(algo, train_queries=5)   # 5 training queries a class
         recipe.update(steps=300, eval_every=100)       # 8x8 digits: a small set, a short run
