@@ -76,7 +76,7 @@ def main(task="glyphs", shots=(1,), n_way=5, hidden=32, algorithms=ALGORITHMS, s
             t0 = time.time()
             theta, _ = train.meta_train(learner, train.make_sampler(config, "train"), steps,
                                         config["meta_batch"], seed=seed, progress=progress,
-                                        optimizer=make_optimizer(config["optimizer"]))
+                                        optimizer=make_optimizer(config["optimizer"], total_steps=steps))
             t1 = time.time()
             test_sampler.load_state_dict(test_state)          # the same test episodes
             result = train.evaluate(learner, theta, test_sampler, n_tasks=n_test,

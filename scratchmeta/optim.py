@@ -92,15 +92,88 @@ class Adam:
                   for k, v in tensors.items() if k.startswith("v/")}
 
 
-def make_optimizer(config):
-    """An optimiser from its config dict: {"name": "adam"|"adamw"|"sgd", "lr": ..., ...}."""
+class Scheduled:
+    """An optimiser whose step size follows a schedule; step t (1-based) uses lr_at(t).
+
+    final_lr:    linear annealing from lr (step 1) towards final_lr over total_steps,
+                 lr_at(t) = lr + (final_lr - lr) (t - 1) / total_steps, as
+                 openai/supervised-reptile's train.py anneals Reptile's meta step
+                 (frac_done = i / meta_iters, i counted from 0).
+    halve_every: lr_at(t) = lr * 0.5^floor((t - 1) / halve_every), as
+                 jakesnell/prototypical-networks' StepLR(gamma=0.5) every 20
+                 epochs of 100 episodes halves Adam's rate every 2,000 episodes.
+    The wrapped optimiser's state (and so a checkpoint) is unchanged.
+    """
+
+    def __init__(self, optimizer, final_lr=None, total_steps=None, halve_every=None):
+        if (final_lr is None) == (halve_every is None):
+            raise ValueError("Scheduled: give exactly one of final_lr and halve_every")
+        if final_lr is not None:
+            if not float(final_lr) >= 0:
+                raise ValueError(f"Scheduled: final_lr must be >= 0, got {final_lr!r}")
+            if isinstance(total_steps, bool) or total_steps is None or int(total_steps) < 1:
+                raise ValueError(f"Scheduled: final_lr needs total_steps, the run's steps "
+                                 f"(a positive integer), got {total_steps!r}")
+        if halve_every is not None and (isinstance(halve_every, bool) or int(halve_every) != halve_every
+                                        or halve_every < 1):
+            raise ValueError(f"Scheduled: halve_every must be a positive integer, got {halve_every!r}")
+        self.optimizer = optimizer
+        self.final_lr = None if final_lr is None else float(final_lr)
+        self.total_steps = None if total_steps is None else int(total_steps)
+        self.halve_every = None if halve_every is None else int(halve_every)
+
+    @property
+    def lr(self):
+        return self.optimizer.lr
+
+    @property
+    def t(self):
+        return self.optimizer.t
+
+    def lr_at(self, t):
+        base = self.optimizer.lr
+        if self.halve_every is not None:
+            return base * 0.5 ** ((t - 1) // self.halve_every)
+        frac = min(t - 1, self.total_steps) / self.total_steps
+        return base + (self.final_lr - base) * frac
+
+    def config(self):
+        extra = ({"halve_every": self.halve_every} if self.halve_every is not None
+                 else {"final_lr": self.final_lr})
+        return dict(self.optimizer.config(), **extra)
+
+    def step(self, params, grads):
+        base = self.optimizer.lr
+        self.optimizer.lr = self.lr_at(self.optimizer.t + 1)
+        try:
+            return self.optimizer.step(params, grads)
+        finally:
+            self.optimizer.lr = base
+
+    def state_dict(self):
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, scalars, tensors):
+        self.optimizer.load_state_dict(scalars, tensors)
+
+
+def make_optimizer(config, total_steps=None):
+    """An optimiser from its config dict: {"name": "adam"|"adamw"|"sgd", "lr": ..., ...}.
+
+    Schedule keys (Scheduled): "final_lr" (linear annealing over total_steps,
+    the run's length) or "halve_every" (steps).
+    """
     kw = dict(config)
     name = kw.pop("name", "adam")
+    schedule = {k: kw.pop(k) for k in ("final_lr", "halve_every") if kw.get(k) is not None}
+    kw.pop("final_lr", None), kw.pop("halve_every", None)
     if name == "adam":
-        return Adam(**kw)
-    if name == "adamw":
+        opt = Adam(**kw)
+    elif name == "adamw":
         kw.setdefault("weight_decay", 1e-2)
-        return Adam(**kw)
-    if name == "sgd":
-        return SGD(**kw)
-    raise ValueError(f"unknown optimizer {name!r} (adam, adamw or sgd)")
+        opt = Adam(**kw)
+    elif name == "sgd":
+        opt = SGD(**kw)
+    else:
+        raise ValueError(f"unknown optimizer {name!r} (adam, adamw or sgd)")
+    return Scheduled(opt, total_steps=total_steps, **schedule) if schedule else opt

@@ -272,7 +272,7 @@ def build(config, path=runs.CONFIG):
         learner = make_learner(config)
         sampler = make_sampler(config, "train")
         eval_sampler = make_sampler(config, "test") if config.get("eval_every") else None
-        optimizer = make_optimizer(config["optimizer"])
+        optimizer = make_optimizer(config["optimizer"], total_steps=config["steps"])
     except (ValueError, TypeError, AttributeError, KeyError, ZeroDivisionError, IndexError) as e:
         raise runs.RunFileError(f"{path}: cannot build the experiment from it "
                                 f"({type(e).__name__}: {e})") from None

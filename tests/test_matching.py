@@ -123,7 +123,7 @@ def test_registry_defaults_and_errors():
     assert config["algorithm"] == "matching" and "distance" not in config["algo"]
     learner = make_learner(config)
     assert isinstance(learner, MN.MatchingNet) and learner.name == "matching"
-    assert learner.config()["algo"] == {"train_ways": None}
+    assert learner.config()["algo"] == {"train_ways": None, "test_batch_norm": "transductive"}
     with pytest.raises(ValueError, match="unknown algo keys"):
         MN.make_learner(dict(config, algo={"distance": "euclidean"}))
     z_s, y_s, z_q, _ = episode(T=1, n_way=3, k_shot=2)

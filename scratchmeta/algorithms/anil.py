@@ -21,8 +21,9 @@ class ANIL(MAML):
     name = "anil"
 
     def __init__(self, model, inner_lr=0.01, inner_steps=1, first_order=False, loss="mse",
-                 eval_inner_steps=None):
-        super().__init__(model, inner_lr, inner_steps, first_order, loss, eval_inner_steps)
+                 eval_inner_steps=None, inner_reduction="mean"):
+        super().__init__(model, inner_lr, inner_steps, first_order, loss, eval_inner_steps,
+                         inner_reduction)
         self.adapt_names = tuple(model.head_names())
         if not self.adapt_names:
             raise ValueError("anil: the model has no head to adapt (Conv4 needs n_classes)")

@@ -10,7 +10,6 @@ import math
 
 from .. import backend, nn
 from .. import functional as F
-from ..recipes import recipe
 from ..tasks.registry import CLASSIFICATION     # every image-classification task
 from ..tensor import Tensor, as_tensor
 
@@ -159,17 +158,6 @@ def check_algo(algo, allowed, who):
     unknown = sorted(set(algo) - set(allowed))
     if unknown:
         raise ValueError(f"{who}: unknown algo keys {unknown}; allowed: {sorted(allowed)}")
-
-
-def model_and_algo(config, allowed, who):
-    """(model of config["model"], config["algo"] checked against `allowed`) for a metric learner.
-
-    No model in the config: the embedding of the ("who", "glyphs") recipe.
-    """
-    model = nn.build_model(config.get("model") or recipe(who, "glyphs")["model"])
-    algo = dict(config.get("algo") or {})
-    check_algo(algo, allowed, who)
-    return model, algo
 
 
 def model_and_loss(config):

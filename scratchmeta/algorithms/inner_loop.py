@@ -21,6 +21,29 @@ from .base import MetaLearner
 from .common import (LOSSES, accuracy, check_batch, fresh, model_and_loss, select_support,
                      task_losses)
 
+REDUCTIONS = ("mean", "sum/k")
+
+
+def support_losses(pred, y, loss="mse", reduction="mean"):
+    """The inner loop's loss on each task's support set, shape (T,).
+
+    "mean":  mean over the support points (task_losses).
+    "sum/k": Finn et al.'s code for classification: the cross-entropy summed
+             over the N*K support points and divided by K (cbfinn/maml
+             utils.py xent, summed by tf.gradients in maml.py), which is
+             N times the mean. Its inner step is N times the "mean" one at
+             the same alpha: alpha = 0.4 there is alpha = 0.4 * N here.
+    """
+    losses = task_losses(pred, y, loss)
+    if reduction == "mean":
+        return losses
+    if reduction == "sum/k":
+        if loss != "cross_entropy":
+            raise ValueError(f"inner reduction 'sum/k' is cross-entropy's (Finn et al.'s "
+                             f"classifier); loss {loss!r} takes 'mean'")
+        return losses * pred.shape[-1]          # sum_i CE_i / K = N * mean_i CE_i (N*K points)
+    raise ValueError(f"unknown inner reduction {reduction!r}; choose one of {REDUCTIONS}")
+
 
 def inner_update(theta, loss_fn, alpha, first_order=False, names=None):
     """One adaptation step: phi = theta - alpha * grad L_support(theta).
@@ -42,7 +65,8 @@ def inner_update(theta, loss_fn, alpha, first_order=False, names=None):
     return phi
 
 
-def adapt(model, theta, x, y, alpha, steps, first_order=False, loss="mse", names=None):
+def adapt(model, theta, x, y, alpha, steps, first_order=False, loss="mse", names=None,
+          reduction="mean"):
     """`steps` inner updates (Eq. 1) for every task at once -> phi, batched (T, ...).
 
     x, y: support set with a leading task axis. The support loss summed over
@@ -51,15 +75,16 @@ def adapt(model, theta, x, y, alpha, steps, first_order=False, loss="mse", names
     """
     phi = nn.batched(theta, x.shape[0])
 
-    def support_loss(params):                  # sum over tasks of mean over points
-        return task_losses(model(params, x), y, loss).sum()
+    def support_loss(params):                  # sum over tasks of each task's support loss
+        return support_losses(model(params, x), y, loss, reduction).sum()
 
     for _ in range(steps):
         phi = inner_update(phi, support_loss, alpha, first_order, names)
     return phi
 
 
-def evaluate_adapted(model, theta, batch, alpha, inner_steps, loss, names=None, who="maml"):
+def evaluate_adapted(model, theta, batch, alpha, inner_steps, loss, names=None, who="maml",
+                     reduction="mean"):
     """Adapt every task with `inner_steps` SGD steps, then score its query set.
 
     Returns dict name -> (T,) backend array. Regression: "mse" after
@@ -81,7 +106,7 @@ def evaluate_adapted(model, theta, batch, alpha, inner_steps, loss, names=None, 
         phi = nn.batched(fresh(theta), x.shape[0])
 
         def support_loss(params):
-            return task_losses(model(params, x), y, loss).sum()
+            return support_losses(model(params, x), y, loss, reduction).sum()
 
         for j in range(record[-1] + 1):
             if j:
@@ -104,7 +129,8 @@ def evaluate_adapted(model, theta, batch, alpha, inner_steps, loss, names=None, 
     return out
 
 
-def predict_adapted(model, theta, batch, x, alpha, steps, loss="mse", names=None):
+def predict_adapted(model, theta, batch, x, alpha, steps, loss="mse", names=None,
+                    reduction="mean"):
     """Predictions at x after `steps` first-order SGD steps on each task's support set.
 
     For figures (Finn et al. 2017, Fig. 2): x (T, M, d) -> (T, M, d_out).
@@ -113,7 +139,7 @@ def predict_adapted(model, theta, batch, x, alpha, steps, loss="mse", names=None
         theta = fresh(theta)
         if steps:
             phi = adapt(model, theta, batch["support_x"], batch["support_y"], alpha, steps,
-                        first_order=True, loss=loss, names=names)
+                        first_order=True, loss=loss, names=names, reduction=reduction)
         else:
             phi = nn.batched(theta, x.shape[0])
     with no_grad():
@@ -126,14 +152,24 @@ class AdaptingLearner(MetaLearner):
     Subclasses write meta_step (how theta learns from the adapted phi).
     loss "mse" (regression: metric mse) or "cross_entropy" (classification:
     metric accuracy). eval_inner_steps: steps at test time (default inner_steps).
+    inner_reduction: the support loss's scale in Eq. 1, "mean" or "sum/k"
+    (support_losses). A model with `inner_names()` (nn.MAMLConv4: every
+    parameter but batch norm's offsets) has only those adapted.
     """
 
     adapt_names = None            # None: adapt every parameter (ANIL: the head)
     zero_inner_lr_ok = True       # alpha = 0 allowed (MAML with alpha = 0 is FOMAML is pretraining)
 
-    def __init__(self, model, inner_lr, inner_steps, loss="mse", eval_inner_steps=None):
+    def __init__(self, model, inner_lr, inner_steps, loss="mse", eval_inner_steps=None,
+                 inner_reduction="mean"):
         if loss not in LOSSES:
             raise ValueError(f"{self.name}: unknown loss {loss!r}; choose one of {LOSSES}")
+        if inner_reduction not in REDUCTIONS:
+            raise ValueError(f"{self.name}: unknown inner_reduction {inner_reduction!r}; "
+                             f"choose one of {REDUCTIONS}")
+        if inner_reduction == "sum/k" and loss != "cross_entropy":
+            raise ValueError(f"{self.name}: inner_reduction 'sum/k' is for classification "
+                             f"(cross-entropy), not loss {loss!r}")
         if int(inner_steps) < 1:
             raise ValueError(f"{self.name}: inner_steps must be >= 1, got {inner_steps}")
         lr = float(inner_lr)
@@ -146,11 +182,15 @@ class AdaptingLearner(MetaLearner):
                                     else inner_steps)
         self.metric = "mse" if loss == "mse" else "accuracy"
         self.higher_is_better = loss != "mse"
+        self.inner_reduction = inner_reduction
+        if hasattr(model, "inner_names"):         # parameters the inner loop may adapt
+            self.adapt_names = tuple(model.inner_names())
 
     def config(self):
         return {"model": self.model.config(), "inner_lr": self.inner_lr,
                 "inner_steps": self.inner_steps, "loss": self.loss,
-                "eval_inner_steps": self.eval_inner_steps}
+                "eval_inner_steps": self.eval_inner_steps,
+                "inner_reduction": self.inner_reduction}
 
     def init(self, seed):
         return self.model.init(seed)
@@ -165,13 +205,13 @@ class AdaptingLearner(MetaLearner):
         theta, alpha = self.inner_rates(params)
         steps = self.eval_inner_steps if inner_steps is None else inner_steps
         return evaluate_adapted(self.model, theta, batch, alpha, steps, self.loss,
-                                self.adapt_names, who=self.name)
+                                self.adapt_names, who=self.name, reduction=self.inner_reduction)
 
     def predict_adapted(self, params, batch, x, steps):
         """Predictions at x (T, M, d) after `steps` first-order SGD steps on each support set."""
         theta, alpha = self.inner_rates(params)
         return predict_adapted(self.model, theta, batch, x, alpha, steps, self.loss,
-                               self.adapt_names)
+                               self.adapt_names, self.inner_reduction)
 
 
 def make_adapting_learner(cls, config, **fixed):

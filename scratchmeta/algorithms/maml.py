@@ -61,15 +61,19 @@ def meta_gradient_loop(model, theta, batch, alpha, steps=1, first_order=False, l
 # ---------------------------------------------------------------------------
 # All tasks at once: the same numbers, batched over the task axis
 # ---------------------------------------------------------------------------
-def meta_objective(model, theta, batch, alpha, steps, first_order=False, loss="mse", names=None):
-    """Eq. 2 averaged over the T tasks: mean_t L_query_t(phi_t(theta))."""
+def meta_objective(model, theta, batch, alpha, steps, first_order=False, loss="mse", names=None,
+                   reduction="mean"):
+    """Eq. 2 averaged over the T tasks: mean_t L_query_t(phi_t(theta)).
+
+    reduction: the support loss's scale in the inner step (inner_loop.support_losses).
+    """
     phi = adapt(model, theta, batch["support_x"], batch["support_y"], alpha, steps,
-                first_order, loss, names)
+                first_order, loss, names, reduction)
     return task_losses(model(phi, batch["query_x"]), batch["query_y"], loss).mean()
 
 
 def meta_loss_and_gradient(model, theta, batch, alpha, steps=1, first_order=False, loss="mse",
-                           names=None, wrt=None, who="maml"):
+                           names=None, wrt=None, who="maml", reduction="mean"):
     """(meta-loss, meta-gradient): the one routine of MAML, FOMAML, Meta-SGD and ANIL.
 
     theta: the parameters the model sees; alpha: a number or a dict of
@@ -85,7 +89,8 @@ def meta_loss_and_gradient(model, theta, batch, alpha, steps=1, first_order=Fals
     wrt = theta if wrt is None else wrt
     wanted = [k for k, v in wrt.items() if v.requires_grad]
     with enable_grad():
-        value = meta_objective(model, theta, batch, alpha, steps, first_order, loss, names)
+        value = meta_objective(model, theta, batch, alpha, steps, first_order, loss, names,
+                               reduction)
         check_finite(value, "meta-loss (mean query loss after adaptation)", who)
         # retain_graph=False: each activation is freed as soon as the backward walk is past it
         grads = grad(value, [wrt[k] for k in wanted], retain_graph=False)
@@ -165,8 +170,8 @@ class MAML(AdaptingLearner):
     name = "maml"
 
     def __init__(self, model, inner_lr=0.01, inner_steps=1, first_order=False, loss="mse",
-                 eval_inner_steps=None):
-        super().__init__(model, inner_lr, inner_steps, loss, eval_inner_steps)
+                 eval_inner_steps=None, inner_reduction="mean"):
+        super().__init__(model, inner_lr, inner_steps, loss, eval_inner_steps, inner_reduction)
         self.first_order = bool(first_order)
         if type(self) is MAML:
             self.name = "fomaml" if self.first_order else "maml"
@@ -178,7 +183,8 @@ class MAML(AdaptingLearner):
         theta, alpha = self.inner_rates(params)
         loss, grads = meta_loss_and_gradient(self.model, theta, batch, alpha, self.inner_steps,
                                              self.first_order, self.loss, self.adapt_names,
-                                             wrt=params, who=self.name)
+                                             wrt=params, who=self.name,
+                                             reduction=self.inner_reduction)
         return loss, grads, {"query_loss": loss}
 
 

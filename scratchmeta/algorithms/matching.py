@@ -16,8 +16,9 @@ weight from a softmax over cosines, instead of through its class mean.
 Only the classifier head differs, so the learner reuses ProtoNet's loop.
 """
 from .. import functional as F
+from .. import nn
 from ..tensor import as_tensor
-from .common import model_and_algo, one_hot
+from .common import check_algo, one_hot
 from .embeddings import cosine
 from .protonet import ProtoNet
 
@@ -55,11 +56,13 @@ class MatchingNet(ProtoNet):
 
     name = "matching"
 
-    def __init__(self, model, train_ways=None):
-        super().__init__(model, distance="cosine", train_ways=train_ways)
+    def __init__(self, model, train_ways=None, test_batch_norm="transductive"):
+        super().__init__(model, distance="cosine", train_ways=train_ways,
+                         test_batch_norm=test_batch_norm)
 
     def config(self):
-        return {"model": self.model.config(), "algo": {"train_ways": self.train_ways}}
+        return {"model": self.model.config(),
+                "algo": {"train_ways": self.train_ways, "test_batch_norm": self.test_batch_norm}}
 
     def log_probs(self, z_support, y_support, z_query, n_way):
         return log_probs(z_support, y_support, z_query, n_way)
@@ -67,8 +70,13 @@ class MatchingNet(ProtoNet):
 
 def make_learner(config):
     """A MatchingNet from config["model"] and config["algo"] (train_ways)."""
-    model, algo = model_and_algo(config, ("train_ways", "train_queries"), "matching")
-    return MatchingNet(model, train_ways=algo.get("train_ways"))
+    if not config.get("model"):
+        raise ValueError("matching: the config has no model (see scratchmeta.recipes)")
+    model = nn.build_model(config["model"])
+    algo = dict(config.get("algo") or {})
+    check_algo(algo, ("train_ways", "train_queries", "test_batch_norm"), "matching")
+    return MatchingNet(model, train_ways=algo.get("train_ways"),
+                       test_batch_norm=algo.get("test_batch_norm", "transductive"))
 
 
 __all__ = ["attention", "class_probs", "log_probs", "MatchingNet", "make_learner"]

@@ -35,8 +35,9 @@ class MetaSGD(MAML):
     name = "metasgd"
 
     def __init__(self, model, inner_lr=0.01, inner_steps=1, first_order=False, loss="mse",
-                 eval_inner_steps=None, learn_lr=True):
-        super().__init__(model, inner_lr, inner_steps, first_order, loss, eval_inner_steps)
+                 eval_inner_steps=None, learn_lr=True, inner_reduction="mean"):
+        super().__init__(model, inner_lr, inner_steps, first_order, loss, eval_inner_steps,
+                         inner_reduction)
         self.learn_lr = bool(learn_lr)
 
     def config(self):
@@ -49,9 +50,11 @@ class MetaSGD(MAML):
 
     def init(self, seed):
         theta = self.model.init(seed)
-        if self.learn_lr:
+        if self.learn_lr:          # a rate for each parameter the inner loop adapts
+            adapted = set(theta if self.adapt_names is None else self.adapt_names)
             for k, v in list(self._constant_lr(theta).items()):
-                theta[PREFIX + k] = Tensor(v.data, requires_grad=True)
+                if k in adapted:
+                    theta[PREFIX + k] = Tensor(v.data, requires_grad=True)
         return theta
 
     def inner_rates(self, params):

@@ -20,8 +20,12 @@ from .. import nn
 from ..backend import host
 from ..tensor import Tensor, as_tensor, enable_grad, grad, no_grad, primitive
 from .base import MetaLearner
-from .common import BATCH_KEYS, accuracy, check_batch, host_labels, model_and_algo, nll, one_hot
+from .common import (BATCH_KEYS, accuracy, check_algo, check_batch, host_labels, nll,  # noqa: F401
+                     one_hot)
 from .embeddings import DISTANCES, cosine, distances, norm, sq_dist   # noqa: F401 (Sec. 2.2)
+from .running_bn import TestBatchNorm, running_statistics
+
+ALGO_KEYS = ("distance", "train_ways", "train_queries", "fused_loss", "test_batch_norm")
 
 
 
@@ -166,14 +170,15 @@ def episode_ways(batch):
     return int(host_labels(batch["support_y"], "episode_ways").max()) + 1
 
 
-class ProtoNet(MetaLearner):
+class ProtoNet(TestBatchNorm, MetaLearner):
     """Prototypical Networks over an embedding model (default Conv4 without a head).
 
     Every episode of a meta-batch is embedded in one call, support and query
     together, in the batched layout (T, n, C, H, W) with parameters given a
     task axis (nn.batched): batch norm then uses each episode's own
-    statistics, as when Snell et al. embed one episode at a time, and at
-    test time too (no running averages; transductive, like MAML).
+    statistics, as Snell et al.'s code does in training. At test time it
+    does too (test_batch_norm="transductive", as MAML's code does); Snell et
+    al.'s code uses running averages instead, "running" (running_bn.py).
     train_ways: the N of training episodes (Snell et al. train 60-way for a
     5-way test on Omniglot); None keeps the task's n_way. The loop that
     builds the training sampler reads it; the learner infers N per batch.
@@ -186,7 +191,9 @@ class ProtoNet(MetaLearner):
     higher_is_better = True
     max_images = 1600         # per embedding pass in evaluate
 
-    def __init__(self, model, distance="euclidean", train_ways=None, fused_loss=False):
+    def __init__(self, model, distance="euclidean", train_ways=None, fused_loss=False,
+                 test_batch_norm="transductive"):
+        self.running = running_statistics(model, test_batch_norm)
         if distance not in DISTANCES:
             raise ValueError(f"unknown distance {distance!r}; choose one of {DISTANCES}")
         if train_ways is not None and (isinstance(train_ways, bool) or int(train_ways) != train_ways
@@ -199,7 +206,7 @@ class ProtoNet(MetaLearner):
     def config(self):
         return {"model": self.model.config(),
                 "algo": {"distance": self.distance, "train_ways": self.train_ways,
-                         "fused_loss": self.fused_loss}}
+                         "fused_loss": self.fused_loss, "test_batch_norm": self.test_batch_norm}}
 
     def init(self, seed):
         return self.model.init(seed)
@@ -236,6 +243,7 @@ class ProtoNet(MetaLearner):
             losses, logp = self._losses(z_support, z_query, batch, n_way)
             loss = losses.mean()
             grads = grad(loss, [theta[k] for k in names], retain_graph=False)
+        self.update_running(theta, batch)
         with no_grad():
             acc = accuracy(logp.detach(), batch["query_y"]).mean()
         return loss.detach(), dict(zip(names, grads)), {"accuracy": acc}
@@ -259,7 +267,7 @@ class ProtoNet(MetaLearner):
         parts = {"accuracy": [], "loss": [], "baseline/pixels": []}
         for start in range(0, n_tasks, per_pass):          # chunks of episodes, not single ones
             chunk = {k: batch[k][start:start + per_pass] for k in BATCH_KEYS}
-            z_support, z_query = self.embed(theta, chunk)
+            z_support, z_query = self.test_embed(theta, chunk)
             losses, logp = self._losses(z_support, z_query, chunk, n_way)
             parts["accuracy"].append(accuracy(logp, chunk["query_y"]))
             parts["loss"].append(losses)
@@ -278,7 +286,10 @@ class ProtoNet(MetaLearner):
 # -- building the learner from a config -------------------------------------------------------
 def make_learner(config):
     """A ProtoNet from config["model"] (an nn.build_model dict) and config["algo"]."""
-    model, algo = model_and_algo(config, ("distance", "train_ways", "train_queries", "fused_loss"),
-                                 "protonet")
-    return ProtoNet(model, distance=algo.get("distance", "euclidean"),
-                    train_ways=algo.get("train_ways"), fused_loss=algo.get("fused_loss", False))
+    if not config.get("model"):
+        raise ValueError("protonet: the config has no model (see scratchmeta.recipes)")
+    model = nn.build_model(config["model"])
+    algo = dict(config.get("algo") or {})
+    check_algo(algo, ALGO_KEYS, "protonet")
+    algo.pop("train_queries", None)              # the training sampler's, not the learner's
+    return ProtoNet(model, **algo)
