@@ -193,10 +193,14 @@ def _check_out_dir(parser, path, flag="--out"):
         _fail(parser, f"{flag} {path}: {parent} is not writable")
 
 
-def _check_data_root(parser, path):
-    if path is not None and not os.path.isdir(path):
-        what = "is a file, not a folder" if os.path.exists(path) else "does not exist"
-        _fail(parser, f"--data-root {path} {what}")
+def _check_data_root(parser, path, task):
+    """A dataset folder must be a folder; Omniglot's must exist (glyphs' cache is made)."""
+    if path is None:
+        return
+    if os.path.exists(path) and not os.path.isdir(path):
+        _fail(parser, f"--data-root {path} is a file, not a folder")
+    if not os.path.exists(path) and task == "omniglot":
+        _fail(parser, f"--data-root {path} does not exist")
 
 
 def _check_size(parser, config, batch):
@@ -307,7 +311,7 @@ def cmd_train(parser, args):
                      "eval_every": args.eval_every, "eval_tasks": args.eval_tasks,
                      "checkpoint_every": args.checkpoint_every,
                      "dtype": args.dtype}
-        _check_data_root(parser, args.data_root)
+        _check_data_root(parser, args.data_root, task)
         config = train.build_config(args.algorithm, task, overrides)
         if args.init and config["model"].get("model") != "mlp":
             _fail(parser, "--init applies to MLP models (the sinusoid task)")
@@ -335,7 +339,7 @@ def cmd_eval(parser, args):
         _fail(parser, f"{args.run} is not a directory")
     config = _run_config(parser, args.run)
     _apply_backend(parser, args, config)
-    _check_data_root(parser, args.data_root)
+    _check_data_root(parser, args.data_root, config["task"]["name"])
     if args.inner_steps is not None and args.inner_steps > MAX_INNER_STEPS:
         _fail(parser, f"--inner-steps {args.inner_steps} is more than {MAX_INNER_STEPS}")
     try:
