@@ -247,7 +247,8 @@ def _run_config(parser, run_dir):
         _fail(parser, str(e))
 
 
-RESUME_FLAGS = ("task", "shots", "ways", "queries", "data_root", "noise_std", "steps", "meta_batch",
+RESUME_FLAGS = ("task", "shots", "ways", "queries", "data_root", "noise_std", "within_alphabet",
+                "steps", "meta_batch",
                 "lr", "inner_lr", "inner_steps", "init", "width", "depth", "heads", "train_ways",
                 "eval_every", "eval_tasks", "checkpoint_every")
 
