@@ -104,7 +104,7 @@ def print_table(result, n_dims, n_points, eval_prompts, prefix="by_k", noisy=Fal
         print(f"{k:>4}  {cells}   {ratio:.3g}")
 
 
-def main(steps=4000, n_dims=5, n_points=15, width=32, depth=3, heads=4, lr=1e-3,
+def main(steps=4000, n_dims=5, n_points=15, width=32, depth=3, heads=4, lr=None,
          interval=500, meta_batch=64, eval_prompts=2000, seed=0, dtype="float32",
          figure="docs/icl.png", progress=True, noise_std=0.0):
     config = copy.deepcopy(icl.default_config("linreg"))
@@ -116,7 +116,8 @@ def main(steps=4000, n_dims=5, n_points=15, width=32, depth=3, heads=4, lr=1e-3,
     backend.set_default_dtype(dtype)
     learner = icl.make_learner(config)
     sampler = icl.make_sampler(config, "train", seed)
-    optimizer = make_optimizer(dict(config["optimizer"], lr=lr))
+    opt = dict(config["optimizer"], **({"lr": lr} if lr is not None else {}))
+    optimizer = make_optimizer(opt, total_steps=steps)         # the cosine decay spans the run
     t0 = time.time()
     theta, _ = meta_train(learner, sampler, steps, meta_batch, optimizer=optimizer, seed=seed,
                           progress=progress)

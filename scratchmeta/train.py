@@ -203,7 +203,7 @@ def run(config, run_dir, resume=False, progress=True):
     learner = make_learner(config)
     sampler = make_sampler(config, "train")
     eval_sampler = make_sampler(config, "test") if config.get("eval_every") else None
-    optimizer = make_optimizer(config["optimizer"])
+    optimizer = make_optimizer(config["optimizer"], total_steps=config["steps"])
     theta, start = None, 0
     ckpt = os.path.join(run_dir, runs.CHECKPOINT)
     if resume and os.path.exists(ckpt):
