@@ -23,8 +23,10 @@ With --noise-std the table and the figure's second panel add the error
 against the clean target w.x_query (the excess risk); the error against the
 noisy label, which the first panel shows, is that plus the floor noise_std^2 / d.
 
-Measured on a 2-core CPU, one thread: the default 4,000 steps took 123 s and
-reached error/d 0.170 +- 0.019 at k = 2d, against one tuned GD step's 0.392,
+Measured on a 2-core CPU, one thread, with the earlier optimiser (constant lr
+1e-3; the example now trains with the default's warm-up and cosine decay over
+its own steps, not re-measured here): 4,000 steps took 123 s and reached
+error/d 0.170 +- 0.019 at k = 2d, against one tuned GD step's 0.392,
 averaging's 0.694 and 3-NN's 0.630. docs/icl.png comes from a 40,000-step run
 saved with `scratchmeta train icl` and scored with --run: 0.038 +- 0.006 at
 k = 2d; trained on noisy prompts (noise 0.5, 30,000 steps) the model is within
