@@ -5,6 +5,7 @@ so they run under no_grad and return fresh leaf tensors. Their state is a
 dict of tensors plus a step count, saved in checkpoints.
 """
 from collections import OrderedDict
+import math
 
 from .tensor import Tensor, no_grad
 
@@ -45,25 +46,53 @@ class Adam:
     theta <- theta - lr * mhat / (sqrt(vhat) + eps),  mhat = m/(1-b1^t), vhat = v/(1-b2^t)
     weight_decay > 0 gives AdamW's decoupled decay (Loshchilov & Hutter 2019):
     theta <- theta - lr * wd * theta, applied beside the Adam step.
+
+    The step size at step t is lr_at(t): lr, times t / warmup_steps during a
+    linear warm-up, times (1 + cos(pi t / total_steps)) / 2 with
+    schedule="cosine" (Loshchilov & Hutter 2017, SGDR, without restarts).
     """
 
-    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+    SCHEDULES = ("constant", "cosine")
+
+    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                 warmup_steps=0, schedule="constant", total_steps=None):
         if not lr > 0:
             raise ValueError(f"Adam: lr must be positive, got {lr}")
+        if isinstance(warmup_steps, bool) or int(warmup_steps) != warmup_steps or warmup_steps < 0:
+            raise ValueError(f"Adam: warmup_steps must be an integer >= 0, got {warmup_steps!r}")
+        if schedule not in self.SCHEDULES:
+            raise ValueError(f"Adam: schedule must be one of {self.SCHEDULES}, got {schedule!r}")
+        if schedule == "cosine" and (total_steps is None or isinstance(total_steps, bool)
+                                     or int(total_steps) != total_steps or total_steps < 1):
+            raise ValueError(f"Adam: schedule 'cosine' needs total_steps, a positive integer "
+                             f"(the run's steps), got {total_steps!r}")
         self.lr, self.betas, self.eps = float(lr), tuple(float(b) for b in betas), float(eps)
         self.weight_decay = float(weight_decay)
+        self.warmup_steps, self.schedule = int(warmup_steps), schedule
+        self.total_steps = None if total_steps is None else int(total_steps)
         self.t = 0
         self.m, self.v = {}, {}
 
     def config(self):
         return {"name": "adam", "lr": self.lr, "betas": list(self.betas), "eps": self.eps,
-                "weight_decay": self.weight_decay}
+                "weight_decay": self.weight_decay, "warmup_steps": self.warmup_steps,
+                "schedule": self.schedule, "total_steps": self.total_steps}
+
+    def lr_at(self, t):
+        """The step size of step t (1-based): warm-up, then the schedule."""
+        lr = self.lr
+        if self.warmup_steps and t < self.warmup_steps:
+            lr *= t / self.warmup_steps
+        if self.schedule == "cosine":
+            lr *= 0.5 * (1.0 + math.cos(math.pi * min(t, self.total_steps) / self.total_steps))
+        return lr
 
     @no_grad()
     def step(self, params, grads):
         b1, b2 = self.betas
         self.t += 1
         c1, c2 = 1 - b1 ** self.t, 1 - b2 ** self.t       # bias corrections
+        lr = self.lr_at(self.t)
         new = OrderedDict()
         for k, p in params.items():
             g = grads.get(k)
@@ -76,7 +105,7 @@ class Adam:
             update = (m * (1 / c1)) / ((v * (1 / c2)).sqrt() + self.eps)
             if self.weight_decay:
                 update = update + self.weight_decay * p
-            new[k] = _leaf(p - self.lr * update)
+            new[k] = _leaf(p - lr * update)
         return new
 
     def state_dict(self):
@@ -161,10 +190,13 @@ def make_optimizer(config, total_steps=None):
     """An optimiser from its config dict: {"name": "adam"|"adamw"|"sgd", "lr": ..., ...}.
 
     Schedule keys (Scheduled): "final_lr" (linear annealing over total_steps,
-    the run's length) or "halve_every" (steps).
+    the run's length) or "halve_every" (steps); Adam's own "schedule": "cosine"
+    (with "warmup_steps") takes total_steps as its horizon.
     """
     kw = dict(config)
     name = kw.pop("name", "adam")
+    if name in ("adam", "adamw") and kw.get("schedule") == "cosine" and kw.get("total_steps") is None:
+        kw["total_steps"] = total_steps            # Adam's own warm-up + cosine: the run's length
     schedule = {k: kw.pop(k) for k in ("final_lr", "halve_every") if kw.get(k) is not None}
     kw.pop("final_lr", None), kw.pop("halve_every", None)
     if name == "adam":

@@ -355,3 +355,61 @@ def test_batched_loss_equals_the_per_prompt_loop():
     names = list(theta)
     for k, g in zip(names, sm.grad(loop, [theta[k] for k in names])):
         np.testing.assert_allclose(grads[k].numpy(), g.numpy(), rtol=1e-4, atol=1e-6)
+# -- the default recipe's learning-rate schedule: linear warm-up, cosine decay -----------
+def test_adam_warmup_then_cosine_step_sizes():
+    opt = Adam(lr=0.2, warmup_steps=4, schedule="cosine", total_steps=20)
+    lrs = [opt.lr_at(t) for t in range(1, 21)]
+    np.testing.assert_allclose(lrs[:3], [0.2 * t / 4 * 0.5 * (1 + np.cos(np.pi * t / 20))
+                                         for t in (1, 2, 3)], rtol=1e-12)   # warm-up x cosine
+    assert lrs[9] == pytest.approx(0.1)                      # t = 10 = T/2: half the peak
+    assert lrs[-1] == pytest.approx(0.0, abs=1e-15)          # t = T: zero
+    assert all(a >= b for a, b in zip(lrs[3:], lrs[4:]))     # decreasing after the warm-up
+    const = Adam(lr=0.2, warmup_steps=4)
+    assert [const.lr_at(t) for t in (1, 4, 100)] == [0.05, 0.2, 0.2]
+
+
+def test_adam_step_uses_the_scheduled_step_size():
+    """Step 1 moves theta by lr_at(1) g / (|g| + eps): the schedule scales Adam's update."""
+    theta = {"w": sm.tensor(np.array([1.0, -2.0]), requires_grad=True)}
+    g = {"w": sm.tensor(np.array([0.5, -0.25]))}
+    opt = Adam(lr=0.1, eps=1e-8, warmup_steps=10, schedule="cosine", total_steps=100)
+    new = opt.step(theta, g)["w"].numpy()
+    gw = g["w"].numpy()
+    np.testing.assert_allclose(new, theta["w"].numpy() - opt.lr_at(1) * gw / (np.abs(gw) + 1e-8),
+                               rtol=1e-12)
+    assert opt.lr_at(1) == pytest.approx(0.1 / 10 * 0.5 * (1 + np.cos(np.pi / 100)))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"schedule": "linear"}, "schedule must be one of"),
+    ({"schedule": "cosine"}, "needs total_steps"),
+    ({"schedule": "cosine", "total_steps": 0}, "needs total_steps"),
+    ({"warmup_steps": -1}, "warmup_steps must be an integer >= 0"),
+    ({"warmup_steps": 2.5}, "warmup_steps must be an integer >= 0"),
+])
+def test_adam_schedule_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Adam(lr=1e-3, **kwargs)
+
+
+def test_default_icl_recipe_decays_over_the_runs_own_steps(tmp_path):
+    """The default's cosine spans config["steps"], whatever --steps sets it to."""
+    from scratchmeta import runs, train
+    from scratchmeta.optim import make_optimizer
+    cfg = icl.default_config("linreg")
+    assert cfg["optimizer"]["schedule"] == "cosine" and cfg["optimizer"]["warmup_steps"] > 0
+    opt = make_optimizer(cfg["optimizer"], total_steps=cfg["steps"])
+    assert opt.lr_at(cfg["steps"] // 2) == pytest.approx(cfg["optimizer"]["lr"] / 2)
+    assert opt.lr_at(cfg["steps"]) == pytest.approx(0.0, abs=1e-15)
+    # a run made through train.run: its optimiser ends its schedule at the run's last step
+    tiny = dict(_tiny_config(), steps=6, meta_batch=4, eval_every=0, seed=0)
+    tiny["optimizer"] = dict(tiny["optimizer"], warmup_steps=2)
+    theta, _ = train.run(tiny, str(tmp_path / "run"), progress=False)
+    step, saved, scalars, *_ = runs.load_checkpoint(str(tmp_path / "run"), tiny)
+    assert step == 6 and scalars["t"] == 6
+    # the last step had lr_at(6) = 0, so the parameters did not move on it
+    again = dict(tiny, steps=5)
+    before, _ = train.run(dict(again, optimizer=dict(tiny["optimizer"], total_steps=6)),
+                          str(tmp_path / "five"), progress=False)
+    for k in theta:
+        np.testing.assert_array_equal(theta[k].numpy(), before[k].numpy())
