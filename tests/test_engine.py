@@ -442,8 +442,6 @@ def test_no_import_circle_in_the_engine():
     assert circles == []
 
 
-@pytest.mark.xfail(strict=False, reason="circles inside scratchmeta/algorithms and "
-                                        "scratchmeta/tasks are being removed separately")
 def test_no_import_circle_anywhere_in_the_package():
     assert _circles(_import_graph()) == []
 
