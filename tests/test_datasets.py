@@ -59,6 +59,16 @@ def test_omniglot_counts_split_and_names(omniglot_root):
     assert data.class_names[13] == "Beta/character01/rot90"
 
 
+def test_omniglot_alphabets_are_the_groups_of_within_alphabet_episodes(omniglot_root):
+    data = load_omniglot(omniglot_root, n_train_characters=2)
+    assert data.group_names == ("Alpha", "Beta")
+    np.testing.assert_array_equal(data.groups, np.repeat([0, 1], 12))    # 3 characters x 4 rotations
+    # training characters 0-1 are Alpha's; the test split spans both alphabets
+    classes, _, _ = data.sampler("test", 4, 1, 1, seed=0, within_group=True).sample_indices(50)
+    groups = data.groups[classes]
+    assert (groups == groups[:, :1]).all() and set(groups[:, 0].tolist()) == {0, 1}
+
+
 def test_omniglot_rotation_classes_are_rotated_images(omniglot_root):
     data = load_omniglot(omniglot_root, n_train_characters=4)
     for character in range(6):
