@@ -33,6 +33,8 @@ def build_runners(problem, impls):
     """name -> Runner; an implementation that fails to build is skipped with its error."""
     runners = {}
     for name, module in impls.items():
+        if not hasattr(module, problem.kind):
+            continue                            # not written for this workload
         try:
             runners[name] = getattr(module, problem.kind)(problem)
         except Exception as e:  # a peer's failure must not hide the others' numbers
