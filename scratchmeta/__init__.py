@@ -8,10 +8,13 @@ The public engine surface follows PyTorch's names (see docs/engine.md).
 """
 from .backend import (get_backend, set_backend, get_default_dtype, set_default_dtype)
 from .tensor import (Tensor, tensor, as_tensor, grad, no_grad, enable_grad,
-                     is_grad_enabled)
+                     is_grad_enabled, use_fast_paths, fast_paths_enabled)
+from . import ops, windows, normalization, activations  # noqa: F401  (binds Tensor's operators)
+from .ops import where, maximum, minimum, clip, sin, cos, log1p, expm1  # noqa: F401
 from .checks import (GradcheckError, check_grads, gradcheck, gradgradcheck, hessian, hvp)
 from . import functional
 from . import functional as F  # noqa: F401  (sm.F shorthand)
+from . import fast  # noqa: F401  (registers the speed overlay's entries)
 from .backend import xp as _xp
 
 
@@ -33,4 +36,5 @@ __version__ = "0.1.0"
 __all__ = ["Tensor", "tensor", "as_tensor", "grad", "no_grad", "enable_grad", "is_grad_enabled",
            "set_backend", "get_backend", "set_default_dtype", "get_default_dtype",
            "gradcheck", "gradgradcheck", "check_grads", "hvp", "hessian", "GradcheckError",
-           "functional", "F", "zeros", "ones"]
+           "functional", "F", "zeros", "ones", "use_fast_paths", "fast_paths_enabled",
+           "where", "maximum", "minimum", "clip", "sin", "cos", "log1p", "expm1"]

@@ -4,8 +4,10 @@ Every derivative, of every order, comes from the primitives they call.
 Shapes follow PyTorch: batch first, channels before space (NCHW).
 """
 from .backend import xp
-from . import ops
-from .tensor import Tensor, as_tensor
+from . import activations, normalization, ops, windows
+from .tensor import Tensor, as_tensor, composite
+
+MASKED = -1e9    # a masked score: exp(-1e9 - m) == 0 in float32 and float64
 
 
 def _t(x):
@@ -60,16 +62,25 @@ def softmax(x, axis=-1, mask=None):
     (activations.py), whose VJP is s * (g - sum(g * s)).
 
     mask: None, or a boolean array broadcastable to x; where it is False the
-    probability is 0 and x is ignored (no gradient reaches it). Every slice
-    along `axis` needs at least one True.
+    score is replaced by MASKED first (masked_fill), so the probability is 0
+    and no gradient reaches x there. Every slice along `axis` needs at least
+    one True.
     """
     x = _t(x)
     if mask is not None:
-        mask = xp.asarray(mask, dtype=bool)
-        if not ops.fits(mask.shape, x.shape):
-            raise ValueError(f"softmax: mask of shape {mask.shape} does not broadcast to "
-                             f"the input's {x.shape}")
-    return ops.softmax(x, axis=axis, mask=mask)
+        x = masked_fill(x, mask, MASKED)
+    return activations.softmax(x, axis=axis)
+
+
+def masked_fill(x, mask, value):
+    """x where mask is True, `value` where it is False (PyTorch's
+    x.masked_fill(~mask, value)); no gradient reaches x where mask is False."""
+    x = _t(x)
+    mask = xp.asarray(mask.data if isinstance(mask, Tensor) else mask, dtype=bool)
+    if not ops.fits(mask.shape, x.shape):
+        raise ValueError(f"masked_fill: mask of shape {mask.shape} does not broadcast to "
+                         f"the input's {x.shape}")
+    return ops.where(Tensor(mask), x, Tensor(xp.asarray(value, dtype=x.dtype)))
 
 
 def _labels(labels):
@@ -92,6 +103,8 @@ def cross_entropy(logits, labels):
         raise ValueError(f"cross_entropy: logits of shape {logits.shape} need labels of shape "
                          f"{logits.shape[:-1]}, got {labels.shape}")
     n_classes = logits.shape[-1]
+    if labels.size == 0:
+        raise ValueError(f"cross_entropy: no rows (logits of shape {logits.shape})")
     if labels.size and (int(labels.min()) < 0 or int(labels.max()) >= n_classes):
         raise ValueError(f"cross_entropy: labels must lie in [0, {n_classes}), "
                          f"got values in [{int(labels.min())}, {int(labels.max())}]")
@@ -101,12 +114,14 @@ def cross_entropy(logits, labels):
 
 
 def mse_loss(pred, target):
-    """mean((pred - target)^2)."""
+    """mean((pred - target)^2). pred and target must have the same shape, or one
+    of them be a scalar: no other broadcasting, since (3, 1) against (3,) would
+    silently average a 3 x 3 table (PyTorch only warns)."""
     pred, target = _t(pred), _t(target)
-    try:
-        d = pred - target
-    except ValueError:
-        raise ValueError(f"mse_loss: shapes {pred.shape} and {target.shape} do not broadcast") from None
+    if pred.shape != target.shape and pred.ndim and target.ndim:
+        raise ValueError(f"mse_loss: shapes {pred.shape} (prediction) and {target.shape} "
+                         f"(target) differ; reshape one to match the other")
+    d = pred - target
     return (d * d).mean()
 
 
@@ -130,14 +145,15 @@ def conv2d(x, w, b=None, stride=1, padding=0):
     return conv2d_cnhw(x.transpose(*swap), w, b, stride, padding).transpose(*swap)
 
 
+@composite    # the speed overlay replaces it whole (scratchmeta/fast/windows.py: bias in the product)
 def conv2d_cnhw(x, w, b=None, stride=1, padding=0):
     """conv2d on the layout (..., C, N, H, W): channels before the batch.
 
     im2col: the windows form a (C*kh*kw, N*OH*OW) matrix U(x), so the whole
     batch is ONE matrix product with w reshaped to (O, C*kh*kw), and the result
     (..., O, N, OH, OW) is already in this layout for the next layer. The
-    primitive ops.conv keeps only x and w for its VJP, whose two halves are
-    themselves convolutions (ops.conv_transpose, ops.conv_weight_grad).
+    primitive windows.conv keeps only x and w for its VJP, whose two halves are
+    themselves convolutions (windows.conv_transpose, windows.conv_weight_grad).
     Leading axes (tasks) batch the product: w (T, O, C, kh, kw), b (T, O).
     """
     x, w = _t(x), _t(w)
@@ -145,31 +161,11 @@ def conv2d_cnhw(x, w, b=None, stride=1, padding=0):
     if x.shape[-4] != in_c:
         raise ValueError(f"conv2d: input has {x.shape[-4]} channels but the weight expects "
                          f"{in_c} (shape {w.shape})")
+    y = windows.conv(x, w, stride=stride, padding=padding)              # (..., O, N, OH, OW)
     if b is None:
-        return ops.conv(x, w, stride=stride, padding=padding)             # (..., O, N, OH, OW)
+        return y
     b = _t(b)
-    return ops.conv_bias(x, w, b.reshape(b.shape + (1, 1, 1)), stride=stride, padding=padding)
-
-
-def conv2d_batch_norm_cnhw(x, w, b, weight, bias, padding=0, eps=1e-5):
-    """batch_norm(conv2d_cnhw(x, w, b, padding=padding), weight, bias,
-    channel_axis=-4, batch_axis=-3): a convolution block's first two steps,
-    statistics per output channel over (N, OH, OW), per task when w is batched.
-
-    Where the im2col matrix is thin (C*kh*kw at most half the output
-    channels: the first layer on grey or RGB images) this is one primitive,
-    ops.conv_batch_norm, that gets batch norm's statistics from the im2col
-    matrix's mean and covariance and never forms the convolution's output
-    (see normalization.py); elsewhere it is the two functions it stands for.
-    """
-    x, w, b, weight, bias = (_t(a) for a in (x, w, b, weight, bias))
-    out_c, in_c, kh, kw = w.shape[-4:]
-    params = w.shape[:-4] + (out_c,)
-    if (in_c * kh * kw <= out_c // 2 and x.shape[-4] == in_c and len(x.shape) >= 4
-            and b.shape == weight.shape == bias.shape == params):
-        return ops.conv_batch_norm(x, w, b, weight, bias, padding=padding, eps=eps)
-    return batch_norm(conv2d_cnhw(x, w, b, padding=padding), weight, bias, eps=eps,
-                      channel_axis=-4, batch_axis=-3)
+    return y + b.reshape(b.shape + (1, 1, 1))                           # one bias per channel
 
 
 def max_pool2d(x, kernel_size, stride=None):
@@ -183,8 +179,8 @@ def max_pool2d(x, kernel_size, stride=None):
     if s == k:
         # non-overlapping windows: the max of k*k strided views, and a VJP that
         # routes the gradient to each window's (first) maximum
-        return ops.pool_max(x, k=k)
-    cols = ops.unfold(x, kh=k, kw=k, stride=s, padding=0)            # (..., k, k, OH, OW)
+        return windows.pool_max(x, k=k)
+    cols = windows.unfold(x, kh=k, kw=k, stride=s, padding=0)            # (..., k, k, OH, OW)
     cols = cols.reshape(cols.shape[:-4] + (k * k,) + cols.shape[-2:])
     return cols.max(axis=-3)
 
@@ -223,8 +219,8 @@ def batch_norm(x, weight=None, bias=None, eps=1e-5, channel_axis=1, batch_axis=N
                                  f"parameter of shape {p.shape}")
             p = p.reshape(tuple(1 if p.ndim == 1 and i in groups else n for i, n in enumerate(shape)))
         params.append(p)
-    # one primitive (normalization.py): the formula above, fused, with a fused VJP
-    return ops.batch_norm(x, *params, axes=axes, eps=eps)
+    # one primitive (normalization.py): Ioffe & Szegedy's formula and its VJP
+    return normalization.batch_norm(x, *params, axes=axes, eps=eps)
 
 
 def layer_norm(x, weight=None, bias=None, eps=1e-5):
@@ -244,13 +240,18 @@ def layer_norm(x, weight=None, bias=None, eps=1e-5):
             raise ValueError(f"layer_norm: input has {d} features (shape {x.shape}) but a "
                              f"parameter of shape {p.shape}")
         params.append(p)
-    return ops.batch_norm(x, *params, axes=(x.ndim - 1,), eps=eps)
+    return normalization.batch_norm(x, *params, axes=(x.ndim - 1,), eps=eps)
+
+
+def softplus(x):
+    """log(1 + e^x), one primitive (ops.py) whose derivative is sigmoid(x)."""
+    return ops.softplus(_t(x))
 
 
 def gelu(x):
     """GELU, tanh form (Hendrycks & Gimpel 2016): 0.5 x (1 + tanh(sqrt(2/pi)(x + 0.044715 x^3))),
     one primitive (activations.py)."""
-    return ops.gelu(_t(x))
+    return activations.gelu(_t(x))
 
 
 def sq_dist(a, b):

@@ -137,17 +137,17 @@ class Conv4:
 
         Inside, activations keep the layout (..., C, N, H, W) (channels before
         the batch), where each convolution is one matrix product over the
-        whole batch (F.conv2d_cnhw). Max-pooling comes before the ReLU: the two
-        commute (relu is monotone), and pooling first runs the ReLU on a
-        quarter of the values.
+        whole batch (F.conv2d_cnhw); batch norm's statistics are then per
+        channel over (N, H, W), per task when the parameters are batched.
         """
         batched = params["conv0.w"].ndim == 5
         swap = (0, 2, 1, 3, 4) if batched else (1, 0, 2, 3)        # N <-> C
         x = x.transpose(*swap)
         for i in range(self.blocks):
-            x = F.conv2d_batch_norm_cnhw(x, params[f"conv{i}.w"], params[f"conv{i}.b"],
-                                         params[f"bn{i}.w"], params[f"bn{i}.b"], padding=1)
-            x = F.max_pool2d(x, 2).relu()
+            x = F.conv2d_cnhw(x, params[f"conv{i}.w"], params[f"conv{i}.b"], padding=1)
+            x = F.batch_norm(x, params[f"bn{i}.w"], params[f"bn{i}.b"],
+                             channel_axis=-4, batch_axis=-3)
+            x = F.max_pool2d(x.relu(), 2)
         x = x.transpose(*swap)                                        # (..., N, C, h, w)
         lead = x.shape[:2] if batched else x.shape[:1]
         return x.reshape(lead + (self.feature_dim,))

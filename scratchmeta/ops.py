@@ -13,7 +13,7 @@ be kept.
 import builtins
 
 from .backend import xp
-from .tensor import Tensor, primitive
+from .tensor import Tensor, astype, primitive
 
 
 def fits(shape, into):
@@ -127,9 +127,21 @@ def pow(x, y):
 
 @pow.vjp
 def _pow_vjp(g, out, x, y):
-    # d(x^y)/dx = y x^(y-1); d(x^y)/dy = x^y log x (only when y needs it)
-    gx = unbroadcast(g * y * x ** (y - 1), x.shape) if x.requires_grad else None
-    gy = unbroadcast(g * out * log(x), y.shape) if y.requires_grad else None
+    # d(x^y)/dx = y x^(y-1); d(x^y)/dy = x^y log x (only when y needs it).
+    # Where a constant y is 0 the derivative in x is 0: masking it (as PyTorch
+    # does) keeps 0 * x^(-1) = 0 * inf = NaN out of the derivatives of x^n at
+    # x = 0 from order n + 1 on (the exponent drops by one per order).
+    gx = gy = None
+    if x.requires_grad:
+        if y.requires_grad:
+            gx = g * y * x ** (y - 1)
+        else:
+            zero = _const(y.data == 0)
+            gx = g * y * x ** where(zero, _const(xp.ones((), dtype=y.dtype)), y - 1)
+            gx = where(zero, _const(xp.zeros((), dtype=gx.dtype)), gx)
+        gx = unbroadcast(gx, x.shape)
+    if y.requires_grad:
+        gy = unbroadcast(g * out * log(x), y.shape)
     return gx, gy
 
 
@@ -238,16 +250,6 @@ def relu(x):
 @relu.vjp
 def _relu_vjp(g, out, x):
     return (g * _const((x.data > 0).astype(x.dtype)),)   # step function, flat a.e.
-
-
-@primitive
-def astype(x, dtype):
-    return x.astype(dtype)
-
-
-@astype.vjp
-def _astype_vjp(g, out, x, dtype):
-    return (astype(g, dtype=x.dtype),)
 
 
 # -- reductions and shape -------------------------------------------------------
@@ -432,11 +434,183 @@ def _where_vjp(g, out, cond, x, y):
             unbroadcast(where(cond, zero, g), y.shape) if y.requires_grad else None)
 
 
-# Sliding windows (unfold/fold, max pooling, convolution) live in windows.py;
-# they are primitives like the ones above, re-exported here.
-from .windows import (conv, conv_bias, conv_transpose, conv_weight_grad, fold,  # noqa: E402,F401
-                      pool_max, pool_pick, pool_route, unfold)
-# Batch normalisation, one primitive with a hand-fused VJP, lives in normalization.py.
-from .normalization import batch_norm, conv_batch_norm  # noqa: E402,F401
-# Softmax and GELU, one primitive each, live in activations.py.
-from .activations import gelu, softmax  # noqa: E402,F401
+# -- more elementwise functions ------------------------------------------------------
+@primitive
+def log1p(x):
+    return xp.log1p(x)
+
+
+@log1p.vjp
+def _log1p_vjp(g, out, x):
+    return (g / (1 + x),)                    # d log(1 + x)/dx = 1/(1 + x)
+
+
+@primitive
+def expm1(x):
+    return xp.expm1(x)
+
+
+@expm1.vjp
+def _expm1_vjp(g, out, x):
+    return (g * (out + 1),)                  # d (e^x - 1)/dx = e^x
+
+
+@primitive
+def softplus(x):
+    # log(1 + e^x) = max(x, 0) + log1p(e^-|x|), without overflow
+    return xp.maximum(x, 0) + xp.log1p(xp.exp(-xp.abs(x)))
+
+
+@softplus.vjp
+def _softplus_vjp(g, out, x):
+    return (g * sigmoid(x),)                 # d softplus/dx = sigmoid(x)
+
+
+@primitive
+def sin(x):
+    return xp.sin(x)
+
+
+@sin.vjp
+def _sin_vjp(g, out, x):
+    return (g * cos(x),)                     # d sin/dx = cos
+
+
+@primitive
+def cos(x):
+    return xp.cos(x)
+
+
+@cos.vjp
+def _cos_vjp(g, out, x):
+    return (-g * sin(x),)                    # d cos/dx = -sin
+
+
+@primitive
+def maximum(x, y):
+    try:
+        return xp.maximum(x, y)
+    except ValueError:
+        raise _shape_error('maximum', x, y) from None
+
+
+@maximum.vjp
+def _maximum_vjp(g, out, x, y):
+    # the gradient goes to the larger input, split evenly on ties (as torch.maximum)
+    return _pick_vjp(g, x, y, x.data > y.data)
+
+
+@primitive
+def minimum(x, y):
+    try:
+        return xp.minimum(x, y)
+    except ValueError:
+        raise _shape_error('minimum', x, y) from None
+
+
+@minimum.vjp
+def _minimum_vjp(g, out, x, y):
+    return _pick_vjp(g, x, y, x.data < y.data)
+
+
+def _pick_vjp(g, x, y, x_wins):
+    """g routed to x where x_wins, to y where y wins, half to each on ties."""
+    tie = x.data == y.data
+    share = _const((x_wins + 0.5 * tie).astype(g.dtype))      # x's share, locally flat
+    return (unbroadcast(g * share, x.shape) if x.requires_grad else None,
+            unbroadcast(g * (1 - share), y.shape) if y.requires_grad else None)
+
+
+@primitive
+def clip(x, lo, hi):
+    return xp.clip(x, lo, hi)
+
+
+@clip.vjp
+def _clip_vjp(g, out, x, lo, hi):
+    # the gradient passes where lo <= x <= hi (PyTorch's clamp: the bounds included)
+    inside = _const(((x.data >= lo.data) & (x.data <= hi.data)).astype(g.dtype))
+    below, above = _const((x.data < lo.data).astype(g.dtype)), _const((x.data > hi.data).astype(g.dtype))
+    return (unbroadcast(g * inside, x.shape) if x.requires_grad else None,
+            unbroadcast(g * below, lo.shape) if lo.requires_grad else None,
+            unbroadcast(g * above, hi.shape) if hi.requires_grad else None)
+
+
+# -- Tensor's operators and methods, bound here (tensor.py does not import ops) -------
+def _raw(x):
+    return x.data if isinstance(x, Tensor) else x
+
+
+def _raw_index(index):
+    """Indices may hold integer Tensors: use their arrays."""
+    if isinstance(index, tuple):
+        return tuple(_raw(i) for i in index)
+    return _raw(index)
+
+
+def _axis(axis):
+    return tuple(axis) if isinstance(axis, list) else axis
+
+
+def _dims(args):
+    """f(2, 3) and f((2, 3)) alike."""
+    return tuple(args[0]) if len(args) == 1 and isinstance(args[0], (tuple, list)) else tuple(args)
+
+
+def _mean(self, axis=None, keepdims=False):
+    ax = _axis(axis)
+    n = 1
+    for size, kept in zip(self.shape, _kept_shape(self.shape, ax)):
+        n *= size if kept == 1 else 1     # the sizes of the averaged axes
+    if n == 0:
+        raise ValueError(f"mean: no values to average (a tensor of shape {self.shape}, axis={axis})")
+    return sum(self, axis=ax, keepdims=keepdims) * (1.0 / n)
+
+
+def _var(self, axis=None, keepdims=False):
+    """Biased variance (divides by n), as batch norm uses it."""
+    centred = self - self.mean(axis, keepdims=True)
+    return (centred * centred).mean(axis, keepdims=keepdims)
+
+
+def _transpose(self, *axes):
+    return transpose(self, axes=_dims(axes) or tuple(reversed(range(self.ndim))))
+
+
+def _swapaxes(self, a, b):
+    axes = list(range(self.ndim))
+    axes[a], axes[b] = axes[b], axes[a]
+    return transpose(self, axes=tuple(axes))
+
+
+def _compare(fn):
+    return lambda self, other: Tensor(fn(self.data, _raw(other)))   # no gradient
+
+
+_METHODS = dict(
+    __add__=lambda s, o: add(s, o), __radd__=lambda s, o: add(o, s),
+    __sub__=lambda s, o: sub(s, o), __rsub__=lambda s, o: sub(o, s),
+    __mul__=lambda s, o: mul(s, o), __rmul__=lambda s, o: mul(o, s),
+    __truediv__=lambda s, o: div(s, o), __rtruediv__=lambda s, o: div(o, s),
+    __pow__=lambda s, o: pow(s, o), __rpow__=lambda s, o: pow(o, s),
+    __matmul__=lambda s, o: matmul(s, o), __rmatmul__=lambda s, o: matmul(o, s),
+    __neg__=lambda s: neg(s), __pos__=lambda s: s,
+    __getitem__=lambda s, index: getitem(s, index=_raw_index(index)),
+    __lt__=_compare(lambda a, b: a < b), __le__=_compare(lambda a, b: a <= b),
+    __gt__=_compare(lambda a, b: a > b), __ge__=_compare(lambda a, b: a >= b),
+    __eq__=_compare(lambda a, b: a == b), __ne__=_compare(lambda a, b: a != b),
+    sum=lambda s, axis=None, keepdims=False: sum(s, axis=_axis(axis), keepdims=keepdims),
+    mean=_mean, var=_var,
+    max=lambda s, axis=None, keepdims=False: max(s, axis=_axis(axis), keepdims=keepdims),
+    min=lambda s, axis=None, keepdims=False: -max(-s, axis=_axis(axis), keepdims=keepdims),
+    reshape=lambda s, *shape: reshape(s, shape=_dims(shape)),
+    transpose=_transpose, swapaxes=_swapaxes,
+    broadcast_to=lambda s, shape: broadcast_to(s, shape=tuple(shape)),
+    clip=lambda s, min=None, max=None: clip(s, -float("inf") if min is None else min,
+                                            float("inf") if max is None else max),
+)
+for _op in (exp, log, sqrt, abs, tanh, sigmoid, relu, log1p, expm1, sin, cos):
+    _METHODS[_op.name] = (lambda op: lambda self: op(self))(_op)      # x.exp() -> exp(x)
+for _name, _fn in _METHODS.items():
+    setattr(Tensor, _name, _fn)
+Tensor.__hash__ = object.__hash__        # __eq__ above would otherwise unset it

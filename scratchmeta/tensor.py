@@ -12,10 +12,41 @@ like any forward pass and can be differentiated again (double backward, and
 so on to any order). With create_graph=False it runs under no_grad and
 records nothing.
 """
+import functools
+import os
+
 from . import backend
 from .backend import xp
 
 _grad_enabled = [True]
+
+
+def _fast_from_env():
+    value = os.environ.get("SCRATCHMETA_FAST", "1").strip()
+    if value not in ("0", "1"):
+        raise ValueError(f"SCRATCHMETA_FAST must be 0 or 1, got {value!r}")
+    return value == "1"
+
+
+_fast_paths = [_fast_from_env()]
+
+
+def use_fast_paths(flag=True):
+    """Switch the speed overlay (scratchmeta/fast) on or off; returns the previous setting.
+
+    Off, every primitive runs the forward and VJP written beside it in the
+    engine's core files: exactly the code a reader sees. On (the default,
+    or env SCRATCHMETA_FAST=1), primitives with an overlay entry run that
+    entry instead; results are equal either way.
+    """
+    if not isinstance(flag, bool):
+        raise TypeError(f"use_fast_paths: flag must be True or False, got {flag!r}")
+    previous, _fast_paths[0] = _fast_paths[0], flag
+    return previous
+
+
+def fast_paths_enabled():
+    return _fast_paths[0]
 
 
 class no_grad:
@@ -134,7 +165,7 @@ class Tensor:
         return self
 
     def astype(self, dtype):
-        return ops.astype(self, dtype=backend.resolve_dtype(dtype))
+        return astype(self, dtype=backend.resolve_dtype(dtype))
 
     def __repr__(self):
         body = repr(self.data).replace("\n", "\n       ")
@@ -164,76 +195,8 @@ class Tensor:
             if g is not None:
                 leaf.grad = g if leaf.grad is None else leaf.grad + g
 
-    # -- operators (the primitives live in ops.py) ---------------------
-    def __add__(self, other): return ops.add(self, other)
-    def __radd__(self, other): return ops.add(other, self)
-    def __sub__(self, other): return ops.sub(self, other)
-    def __rsub__(self, other): return ops.sub(other, self)
-    def __mul__(self, other): return ops.mul(self, other)
-    def __rmul__(self, other): return ops.mul(other, self)
-    def __truediv__(self, other): return ops.div(self, other)
-    def __rtruediv__(self, other): return ops.div(other, self)
-    def __pow__(self, other): return ops.pow(self, other)
-    def __rpow__(self, other): return ops.pow(other, self)
-    def __matmul__(self, other): return ops.matmul(self, other)
-    def __rmatmul__(self, other): return ops.matmul(other, self)
-    def __neg__(self): return ops.neg(self)
-    def __pos__(self): return self
-    def __getitem__(self, index): return ops.getitem(self, index=_raw_index(index))
-
-    # comparisons give boolean tensors that carry no gradient
-    def __lt__(self, other): return Tensor(self.data < _raw(other))
-    def __le__(self, other): return Tensor(self.data <= _raw(other))
-    def __gt__(self, other): return Tensor(self.data > _raw(other))
-    def __ge__(self, other): return Tensor(self.data >= _raw(other))
-    def __eq__(self, other): return Tensor(self.data == _raw(other))
-    def __ne__(self, other): return Tensor(self.data != _raw(other))
-
-    # -- methods -------------------------------------------------------
-    def sum(self, axis=None, keepdims=False):
-        return ops.sum(self, axis=_axis(axis), keepdims=keepdims)
-
-    def mean(self, axis=None, keepdims=False):
-        ax = _axis(axis)
-        n = self.data.size if ax is None else _count(self.shape, ax)
-        return ops.sum(self, axis=ax, keepdims=keepdims) * (1.0 / n)
-
-    def var(self, axis=None, keepdims=False):
-        """Biased variance (divides by n), as batch norm uses it."""
-        centred = self - self.mean(axis, keepdims=True)
-        return (centred * centred).mean(axis, keepdims=keepdims)
-
-    def max(self, axis=None, keepdims=False):
-        return ops.max(self, axis=_axis(axis), keepdims=keepdims)
-
-    def min(self, axis=None, keepdims=False):
-        return -ops.max(-self, axis=_axis(axis), keepdims=keepdims)
-
-    def reshape(self, *shape):
-        shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
-        return ops.reshape(self, shape=tuple(shape))
-
-    def transpose(self, *axes):
-        axes = axes[0] if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else axes
-        if not axes:
-            axes = tuple(reversed(range(self.ndim)))
-        return ops.transpose(self, axes=tuple(axes))
-
-    def swapaxes(self, a, b):
-        axes = list(range(self.ndim))
-        axes[a], axes[b] = axes[b], axes[a]
-        return self.transpose(*axes)
-
-    def broadcast_to(self, shape):
-        return ops.broadcast_to(self, shape=tuple(shape))
-
-    def exp(self): return ops.exp(self)
-    def log(self): return ops.log(self)
-    def sqrt(self): return ops.sqrt(self)
-    def abs(self): return ops.abs(self)
-    def tanh(self): return ops.tanh(self)
-    def sigmoid(self): return ops.sigmoid(self)
-    def relu(self): return ops.relu(self)
+    # Operators and array methods (x + y, x.sum(), x.exp(), ...) are bound
+    # onto Tensor by ops.py, which defines the primitives they call.
 
 
 def _raw(x):
@@ -245,20 +208,6 @@ def _raw_index(index):
     if isinstance(index, tuple):
         return tuple(_raw(i) for i in index)
     return _raw(index)
-
-
-def _axis(axis):
-    if isinstance(axis, list):
-        return tuple(axis)
-    return axis
-
-
-def _count(shape, axis):
-    axes = axis if isinstance(axis, tuple) else (axis,)
-    n = 1
-    for a in axes:
-        n *= shape[a]
-    return n
 
 
 # ---------------------------------------------------------------------------
@@ -288,9 +237,16 @@ def tensor(data, requires_grad=False, dtype=None):
         array = xp.array(data)
         if array.dtype.kind == "f":
             array = array.astype(backend.get_default_dtype(), copy=False)
+    _check_numeric(array, "tensor()")
     if requires_grad and not _is_float(array.dtype):
         raise ValueError(f"only floating-point tensors can require gradients, got dtype {array.dtype}")
     return Tensor(array, requires_grad=requires_grad)
+
+
+def _check_numeric(array, where):
+    if array.dtype.kind not in "biufc":
+        raise TypeError(f"{where}: expected numbers (bool, int, float or complex), got an array "
+                        f"of dtype {array.dtype}")
 
 
 def as_tensor(x, like=None):
@@ -304,40 +260,36 @@ def as_tensor(x, like=None):
             return Tensor(xp.asarray(x, dtype=backend.get_default_dtype()))
         return Tensor(xp.asarray(x))
     if backend.is_array(x):
+        _check_numeric(x, "as_tensor()")
         return Tensor(x)
     other = backend.foreign_backend(x)
     if other is not None:
         raise TypeError(
             f"got a {other} array while the active backend is {backend.get_backend()!r}; "
             f"mixing backends is not allowed: convert explicitly")
-    return Tensor(xp.asarray(x))
+    array = xp.asarray(x)
+    _check_numeric(array, "as_tensor()")
+    return Tensor(array)
 
 
 # ---------------------------------------------------------------------------
 # Primitives
 # ---------------------------------------------------------------------------
-class Saved:
-    """What a forward may return instead of its output array: the output, and
-    raw arrays it computed on the way that its VJP can reuse (batch norm's
-    mean and 1/sigma), handed to the VJP as the keyword argument `saved`.
-    Like PyTorch's ctx.save_for_backward; the arrays are constants, so a VJP
-    uses them only where it is not itself differentiated."""
-
-    __slots__ = ("value", "arrays")
-
-    def __init__(self, value, **arrays):
-        self.value, self.arrays = value, arrays
-
-
 class Primitive:
-    """An operation: a forward on raw arrays and a VJP in Tensor operations."""
+    """An operation: a forward on raw arrays and a VJP in Tensor operations.
 
-    __slots__ = ("name", "forward", "vjp_fn")
+    `fast` is the speed overlay's entry for this primitive (scratchmeta/fast),
+    or None; it runs in place of the forward and VJP below while the fast
+    paths are on (use_fast_paths).
+    """
+
+    __slots__ = ("name", "forward", "vjp_fn", "fast")
 
     def __init__(self, forward):
         self.name = forward.__name__
         self.forward = forward
         self.vjp_fn = None
+        self.fast = None
 
     def vjp(self, fn):
         """Decorator: register `fn(g, out, *inputs, **static) -> tuple of Tensors`."""
@@ -345,23 +297,10 @@ class Primitive:
         return fn
 
     def __call__(self, *args, **kw):
-        like = None
-        for a in args:
-            if isinstance(a, Tensor):
-                like = a
-                break
-        ts = tuple(a if isinstance(a, Tensor) else as_tensor(a, like) for a in args)
-        result = self.forward(*[t.data for t in ts], **kw)
-        if isinstance(result, Saved):
-            result, kw = result.value, dict(kw, saved=result.arrays)
-        out = Tensor(result)
-        if _grad_enabled[0]:
-            for t in ts:
-                if t.requires_grad:
-                    out.requires_grad = True
-                    out._op, out._parents, out._kw = self, ts, kw
-                    break
-        return out
+        if self.fast is not None and _fast_paths[0]:
+            return self.fast(*args, **kw)
+        ts = lift(args)
+        return record(Tensor(self.forward(*[t.data for t in ts], **kw)), self, ts, kw)
 
     @property
     def __name__(self):          # so checks and tracebacks name the op
@@ -374,6 +313,46 @@ class Primitive:
 def primitive(forward):
     """Decorator that turns a raw-array forward function into a Primitive."""
     return Primitive(forward)
+
+
+def lift(args):
+    """Every argument as a Tensor; Python numbers take the dtype of the first Tensor."""
+    like = next((a for a in args if isinstance(a, Tensor)), None)
+    return tuple(a if isinstance(a, Tensor) else as_tensor(a, like) for a in args)
+
+
+def record(out, op, inputs, kw):
+    """Make `out` a graph node of `op` (anything with .name and .vjp_fn) when
+    recording is on and an input requires grad; returns `out`."""
+    if _grad_enabled[0]:
+        for t in inputs:
+            if t.requires_grad:
+                out.requires_grad = True
+                out._op, out._parents, out._kw = op, inputs, kw
+                break
+    return out
+
+
+def composite(fn):
+    """Marks a composite function that the speed overlay may replace as a whole
+    (a fusion of several primitives). Off the fast paths, `fn` itself runs."""
+    @functools.wraps(fn)
+    def call(*args, **kw):
+        if call.fast is not None and _fast_paths[0]:
+            return call.fast(*args, **kw)
+        return fn(*args, **kw)
+    call.fast, call.reference = None, fn
+    return call
+
+
+@primitive
+def astype(x, dtype):
+    return x.astype(dtype)
+
+
+@astype.vjp
+def _astype_vjp(g, out, x, dtype):
+    return (astype(g, dtype=x.dtype),)        # the gradient takes its input's dtype
 
 
 # ---------------------------------------------------------------------------
@@ -485,6 +464,8 @@ def grad(outputs, inputs, grad_outputs=None, create_graph=False, allow_unused=Fa
                     raise RuntimeError(
                         f"VJP of {t._op.name} returned a gradient of shape {gp.shape} "
                         f"for an input of shape {p.shape}")
+                if gp.dtype != p.dtype:           # each tensor's gradient keeps its dtype
+                    gp = astype(gp, dtype=p.dtype)
                 k = id(p)
                 grads[k] = grads[k] + gp if k in grads else gp
 
@@ -501,5 +482,3 @@ def grad(outputs, inputs, grad_outputs=None, create_graph=False, allow_unused=Fa
             result.append(g if create_graph else Tensor(g.data))
     return tuple(result)
 
-
-from . import ops  # noqa: E402  (ops needs Tensor; Tensor's methods need ops)

@@ -26,8 +26,8 @@ from . import backend
 from . import functional as F
 from .backend import xp
 from .nn import _uniform
+from .functional import MASKED
 from .tensor import as_tensor, tensor
-from .activations import MASKED  # noqa: F401  (re-exported: the score a masked key gets)
 
 
 def causal_mask(length):
@@ -38,15 +38,16 @@ def causal_mask(length):
 def attention(q, k, v, causal=True):
     """softmax(q k^T / sqrt(d_head) + M) v, Vaswani et al. Eq. 1.
 
-    q, k, v: (..., L, d_head). With causal=True the softmax is masked: keys
-    after the query get probability 0 (their scores become MASKED), so no
-    gradient can flow from a later position into an earlier output. The
-    1/sqrt(d_head) scales q, the smaller array: (q / sqrt(d)) k^T = q k^T / sqrt(d).
+    q, k, v: (..., L, d_head). With causal=True the scores of keys after the
+    query become MASKED (-1e9, minGPT's masked_fill with -inf), so their
+    probability is 0 and no gradient flows from a later position into an
+    earlier output.
     """
     q, k, v = (as_tensor(a) for a in (q, k, v))
-    scores = (q * (1.0 / math.sqrt(q.shape[-1]))) @ k.mT          # (..., L, L)
-    mask = causal_mask(scores.shape[-1]) if causal else None
-    return F.softmax(scores, axis=-1, mask=mask) @ v               # (..., L, d_head)
+    scores = (q @ k.mT) * (1.0 / math.sqrt(q.shape[-1]))           # (..., L, L)
+    if causal:
+        scores = F.masked_fill(scores, causal_mask(scores.shape[-1]), MASKED)
+    return F.softmax(scores, axis=-1) @ v                          # (..., L, d_head)
 
 
 def multi_head_attention(h, w_qkv, b_qkv, w_out, b_out, n_heads, causal=True):

@@ -5,12 +5,9 @@ Tensor operations, so every order of derivative works. The forwards loop over
 the kh*kw window offsets, each a strided slice of the whole batch, never over
 pixels.
 """
-import math
-
-from . import backend
 from .backend import xp
 from .ops import unbroadcast
-from .tensor import Tensor, is_grad_enabled, primitive
+from .tensor import primitive
 
 
 # -- sliding windows (convolution and pooling) ------------------------------------
@@ -43,11 +40,6 @@ def unfold(x, kh, kw, stride=1, padding=0, at=-2):
     A loop over the kh*kw window offsets, each copying one strided slice of
     the whole batch (no loop over pixels).
     """
-    return _unfold(x, kh, kw, stride, padding, at)
-
-
-def _unfold(x, kh, kw, stride=1, padding=0, at=-2, into=None):
-    """unfold's forward, writing into `into` (an array of its output's shape) if given."""
     lead = _window_lead(x.ndim, at)
     if padding:
         x = _pad(x, padding)
@@ -55,8 +47,7 @@ def _unfold(x, kh, kw, stride=1, padding=0, at=-2, into=None):
     oh, ow = _out_size(H, kh, stride), _out_size(W, kw, stride)
     if oh < 1 or ow < 1:
         raise ValueError(f"unfold: a {kh}x{kw} window does not fit an input of size {H}x{W} (after padding)")
-    cols = xp.empty(x.shape[:lead] + (kh, kw) + x.shape[lead:-2] + (oh, ow), dtype=x.dtype) \
-        if into is None else into
+    cols = xp.empty(x.shape[:lead] + (kh, kw) + x.shape[lead:-2] + (oh, ow), dtype=x.dtype)
     head = (slice(None),) * lead
     for i in range(kh):
         for j in range(kw):
@@ -179,98 +170,40 @@ def _pool_pick_vjp(g, out, gx, x, pooled, k):
 
 
 # -- convolution as three bilinear primitives, layout (..., C, N, H, W) ---------------
-# With U(x) the im2col matrix (C*kh*kw, N*OH*OW) of x (see unfold, at=-3):
+# With U(x) the im2col matrix (C*kh*kw, N*OH*OW) of x (unfold, at=-3) and W the
+# weight as a matrix (O, C*kh*kw), a convolution (a cross-correlation, as in
+# every deep-learning library) is one matrix product:
 #     conv:              y     = W U(x)           (..., O, N, OH, OW)
-#     conv_transpose:    x_bar = U^T(W^T y_bar)   the adjoint of conv in x
+#     conv_transpose:    x_bar = U^T(W^T y_bar)   the adjoint of conv in x (U^T is fold)
 #     conv_weight_grad:  W_bar = y_bar U(x)^T     the adjoint of conv in W
-# Each one's VJPs are the other two, so every order of derivative stays within
-# the three, and no node keeps a U(x) alive between the forward and backward passes.
-def _im2col(x, kh, kw, stride, padding, ones_row=False):
-    """The im2col matrix (..., C*kh*kw, N*OH*OW) of x (..., C, N, H, W), and (N, OH, OW).
-
-    ones_row=True appends a row of ones, so that a weight matrix with the bias
-    as its last column adds the bias in the same matrix product.
-    """
-    if not ones_row:
-        cols = _unfold(x, kh, kw, stride, padding, at=-3)           # (..., C, kh, kw, N, OH, OW)
-        n, oh, ow = cols.shape[-3:]
-        return cols.reshape(cols.shape[:-6] + (cols.shape[-6] * kh * kw, n * oh * ow)), (n, oh, ow)
-    c, n, (h, w) = x.shape[-4], x.shape[-3], x.shape[-2:]
-    oh, ow = _out_size(h + 2 * padding, kh, stride), _out_size(w + 2 * padding, kw, stride)
-    cols = xp.empty(x.shape[:-4] + (c * kh * kw + 1, n * oh * ow), dtype=x.dtype)
-    _unfold(x, kh, kw, stride, padding, at=-3,
-            into=cols[..., :-1, :].reshape(x.shape[:-4] + (c, kh, kw, n, oh, ow)))
-    cols[..., -1, :] = 1
-    return cols, (n, oh, ow)
+# Each one's VJPs are the other two, so every order of derivative stays within the three.
+def _im2col(x, kh, kw, stride, padding):
+    """The im2col matrix (..., C*kh*kw, N*OH*OW) of x (..., C, N, H, W), and (N, OH, OW)."""
+    cols = unfold.forward(x, kh, kw, stride, padding, at=-3)       # (..., C, kh, kw, N, OH, OW)
+    n, oh, ow = cols.shape[-3:]
+    return cols.reshape(cols.shape[:-6] + (-1, n * oh * ow)), (n, oh, ow)
 
 
 def _flat(y):
-    """(..., O, N, OH, OW) -> (..., O, N*OH*OW), a view (also of a slice along N)."""
-    return y.reshape(y.shape[:-3] + (y.shape[-3] * y.shape[-2] * y.shape[-1],))
+    """(..., O, N, OH, OW) -> (..., O, N*OH*OW)."""
+    return y.reshape(y.shape[:-3] + (-1,))
 
 
-# An im2col matrix is kh*kw times the size of its input: for a large batch the
-# three primitives below build it a slice of the batch axis N at a time, each
-# slice at most this many values (8 MiB in float64), so that the peak memory
-# stays near that of the activations themselves.
-COLS_BUDGET = 1 << 20
-
-
-def _batch_slices(lead_shape, rows, n, cols_per_item):
-    """Slices of the batch axis (length n) whose im2col block fits COLS_BUDGET."""
-    per_item = max(1, rows * cols_per_item * math.prod(lead_shape))
-    step = max(1, COLS_BUDGET // per_item)
-    return [slice(i, min(i + step, n)) for i in range(0, n, step)]
-
-
-def _product_into(a, b, out):
-    """out[...] = a @ b. NumPy's matmul writes straight into `out`, a strided
-    view (a slice of the batch axis); other backends get an explicit copy."""
-    if backend.get_backend() == "numpy":
-        xp.matmul(a, b, out=out)
-    else:
-        out[...] = a @ b
-
-
-def _lead(a, b):
-    """The broadcast of two arrays' leading (task) axes: all but their last two."""
-    a, b = a[:-2], b[:-2]
-    n = max(len(a), len(b))
-    a, b = (1,) * (n - len(a)) + a, (1,) * (n - len(b)) + b
-    return tuple(max(i, j) for i, j in zip(a, b))
+def _matrix(w):
+    """(..., O, C, kh, kw) -> (..., O, C*kh*kw)."""
+    return w.reshape(w.shape[:-3] + (-1,))
 
 
 @primitive
 def conv(x, w, stride=1, padding=0):
-    return _conv(x, w, stride, padding)
-
-
-def _conv(x, w, stride, padding, bias=None):
-    """W U(x) (+ bias, of shape (..., O) with w's leading axes, as a last column of W)."""
-    out_c, in_c, kh, kw = w.shape[-4:]
-    wm = w.reshape(w.shape[:-3] + (in_c * kh * kw,))                   # (..., O, C*kh*kw)
-    if bias is not None:
-        wm = xp.concatenate([wm, bias[..., None]], axis=-1)            # (..., O, C*kh*kw + 1)
-    n, (h, wd) = x.shape[-3], x.shape[-2:]
-    oh, ow = _out_size(h + 2 * padding, kh, stride), _out_size(wd + 2 * padding, kw, stride)
-    lead = _lead(wm.shape, x.shape[:-4] + (1, 1))
-    slices = _batch_slices(x.shape[:-4], wm.shape[-1], n, oh * ow)
-    if len(slices) == 1:
-        cols, _ = _im2col(x, kh, kw, stride, padding, ones_row=bias is not None)
-        return (wm @ cols).reshape(lead + (out_c, n, oh, ow))         # one product per task
-    y = xp.empty(lead + (out_c, n, oh, ow), dtype=xp.result_type(w.dtype, x.dtype))
-    for part in slices:
-        cols, _ = _im2col(x[..., part, :, :], kh, kw, stride, padding, ones_row=bias is not None)
-        _product_into(wm, cols, _flat(y[..., part, :, :]))
-    return y
+    cols, image = _im2col(x, w.shape[-2], w.shape[-1], stride, padding)
+    y = _matrix(w) @ cols                                               # W U(x)
+    return y.reshape(y.shape[:-1] + image)                              # (..., O, N, OH, OW)
 
 
 @conv.vjp
 def _conv_vjp(g, out, x, w, stride=1, padding=0):
-    if (x.requires_grad and w.requires_grad and not is_grad_enabled()
-            and _flips(w.shape, stride, padding)):
-        gx, gw = _conv_grads_arrays(g.data, x.data, w.data, padding)
-        return unbroadcast(Tensor(gx), x.shape), unbroadcast(Tensor(gw), w.shape)
+    # <g, W U(x)>:  d/dx = U^T(W^T g),  d/dW = g U(x)^T
     gx = gw = None
     if x.requires_grad:
         gx = unbroadcast(conv_transpose(g, w, size=x.shape[-2:], stride=stride, padding=padding),
@@ -281,71 +214,12 @@ def _conv_vjp(g, out, x, w, stride=1, padding=0):
     return gx, gw
 
 
-def _flips(w_shape, stride, padding):
-    """Whether conv's adjoint in x is a convolution with the flipped kernel (below)."""
-    kh, kw = w_shape[-2:]
-    return stride == 1 and kh == kw and padding <= kh - 1
-
-
-def _flip(w):
-    """(..., O, C, k, k) -> (..., C, O, k, k), reversed in both spatial axes."""
-    return xp.swapaxes(w, -4, -3)[..., ::-1, ::-1]
-
-
-def _conv_grads_arrays(g, x, w, padding):
-    """Both halves of conv's VJP from ONE im2col matrix, that of g (stride 1).
-
-    With G = U_q(g), the im2col of g padded by q = k - 1 - padding (rows
-    indexed by (o, i', j'), columns by the pixels of x), and x_flat the
-    matrix (C, N*H*W) that x already is in this layout:
-
-        x_bar = flip(W) G                        (conv_transpose, as below)
-        W_bar[o, c, i, j] = (x_flat G^T)[c, (o, k-1-i, k-1-j)]
-
-    the second because g's value that pairs x[c, n, r, s] with W[o, c, i, j]
-    sits in G at row (o, k-1-i, k-1-j), column (n, r, s). A plain backward
-    pass needs both, so this saves conv_weight_grad's im2col of x. Raw
-    arrays, first-order only; a recorded backward uses the two primitives.
-    """
-    out_c, in_c, k = w.shape[-4], w.shape[-3], w.shape[-1]
-    n = x.shape[-3]
-    wf = _flip(w).reshape(w.shape[:-4] + (in_c, out_c * k * k))
-    lead = _lead(wf.shape, g.shape[:-4] + (1, 1))
-    gx = xp.empty(lead + x.shape[-4:], dtype=xp.result_type(g.dtype, w.dtype))
-    gwf = None
-    for part in _batch_slices(lead, out_c * k * k, n, x.shape[-2] * x.shape[-1]):
-        cols, _ = _im2col(g[..., part, :, :], k, k, 1, k - 1 - padding)   # (..., O*k*k, m*H*W)
-        _product_into(wf, cols, _flat(gx[..., part, :, :]))
-        term = _flat(x[..., part, :, :]) @ xp.swapaxes(cols, -1, -2)      # (..., C, O*k*k)
-        gwf = term if gwf is None else xp.add(gwf, term, out=gwf)
-    gw = _flip(gwf.reshape(gwf.shape[:-1] + (out_c, k, k)))               # back to (..., O, C, k, k)
-    return gx, xp.ascontiguousarray(gw)
-
-
 @primitive
 def conv_transpose(g, w, size, stride=1, padding=0):
     out_c, in_c, kh, kw = w.shape[-4:]
-    n, oh, ow = g.shape[-3:]
-    if _flips(w.shape, stride, padding):
-        # the adjoint of a stride-1 correlation is the correlation with the kernel
-        # flipped in space and transposed in channels, padded by kh - 1 - padding:
-        # an im2col of g (reads every gradient kh*kw times) instead of a fold
-        # (which adds kh*kw partial images into x_bar)
-        return _conv(g, _flip(w), 1, kh - 1 - padding)
-    wt = xp.swapaxes(w.reshape(w.shape[:-3] + (in_c * kh * kw,)), -1, -2)   # (..., C*kh*kw, O)
-    slices = _batch_slices(_lead(wt.shape, g.shape[:-3] + (1, 1)), in_c * kh * kw, n, oh * ow)
-    x = None
-    for part in slices:
-        gp = g[..., part, :, :]
-        cols = wt @ _flat(gp)
-        cols = cols.reshape(cols.shape[:-2] + (in_c, kh, kw) + gp.shape[-3:])
-        xs = fold.forward(cols, size, stride, padding, at=-3)
-        if len(slices) == 1:
-            return xs
-        if x is None:
-            x = xp.empty(xs.shape[:-3] + (n,) + xs.shape[-2:], dtype=xs.dtype)
-        x[..., part, :, :] = xs
-    return x
+    cols = xp.swapaxes(_matrix(w), -1, -2) @ _flat(g)                  # W^T g: (..., C*kh*kw, N*OH*OW)
+    cols = cols.reshape(cols.shape[:-2] + (in_c, kh, kw) + g.shape[-3:])
+    return fold.forward(cols, size, stride, padding, at=-3)             # U^T(W^T g)
 
 
 @conv_transpose.vjp
@@ -363,14 +237,9 @@ def _conv_transpose_vjp(a, out, g, w, size, stride=1, padding=0):
 @primitive
 def conv_weight_grad(x, g, kernel, stride=1, padding=0):
     kh, kw = kernel
-    n, oh, ow = g.shape[-3:]
-    in_c = x.shape[-4]
-    wb = None
-    for part in _batch_slices(x.shape[:-4], in_c * kh * kw, n, oh * ow):
-        cols, _ = _im2col(x[..., part, :, :], kh, kw, stride, padding)      # (..., C*kh*kw, n*OH*OW)
-        term = _flat(g[..., part, :, :]) @ xp.swapaxes(cols, -1, -2)        # (..., O, C*kh*kw)
-        wb = term if wb is None else xp.add(wb, term, out=wb)
-    return wb.reshape(wb.shape[:-1] + (in_c, kh, kw))
+    cols, _ = _im2col(x, kh, kw, stride, padding)
+    wb = _flat(g) @ xp.swapaxes(cols, -1, -2)                           # g U(x)^T
+    return wb.reshape(wb.shape[:-1] + (x.shape[-4], kh, kw))
 
 
 @conv_weight_grad.vjp
@@ -383,19 +252,3 @@ def _conv_weight_grad_vjp(b, out, x, g, kernel, stride=1, padding=0):
     if g.requires_grad:
         gg = unbroadcast(conv(x, b, stride=stride, padding=padding), g.shape)
     return gx, gg
-
-
-@primitive
-def conv_bias(x, w, b, stride=1, padding=0):
-    """conv(x, w) + b, with b of shape (..., O, 1, 1, 1): the bias rides in the
-    matrix product (W's last column against a row of ones), so no extra pass."""
-    bias = b.reshape(b.shape[:-3])                                      # (..., O)
-    if bias.shape[:-1] == w.shape[:-4]:
-        return _conv(x, w, stride, padding, bias=bias)
-    return conv.forward(x, w, stride, padding) + b                      # leading axes differ
-
-
-@conv_bias.vjp
-def _conv_bias_vjp(g, out, x, w, b, stride=1, padding=0):
-    gx, gw = _conv_vjp(g, out, x, w, stride=stride, padding=padding)
-    return gx, gw, (unbroadcast(g, b.shape) if b.requires_grad else None)

@@ -4,9 +4,10 @@
   with no deadline; HYPOTHESIS_PROFILE=thorough draws at random, and eight times as many
   examples in the table tests (test_ops.examples).
 - `slow` tests run only with --runslow; `gpu` tests only where CuPy sees a device.
-- After every test the backend, the default dtype and grad mode are put back
-  as they were when the test started (that is, as SCRATCHMETA_BACKEND and
-  SCRATCHMETA_DTYPE set them at import).
+- After every test the backend, the default dtype, grad mode and the fast-path
+  switch are put back
+  as they were when the test started (that is, as SCRATCHMETA_BACKEND,
+  SCRATCHMETA_DTYPE and SCRATCHMETA_FAST set them at import).
 """
 import functools
 import importlib
@@ -65,7 +66,8 @@ def pytest_collection_modifyitems(config, items):
 def _restore_engine_state():
     """Give every test the backend, default dtype and grad mode it started with."""
     state = backend._state
-    saved = (state["name"], state["module"], state["dtype"], tensor_module._grad_enabled[0])
+    saved = (state["name"], state["module"], state["dtype"], tensor_module._grad_enabled[0],
+             tensor_module._fast_paths[0])
     yield
     state["name"], state["module"], state["dtype"] = saved[:3]
-    tensor_module._grad_enabled[0] = saved[3]
+    tensor_module._grad_enabled[0], tensor_module._fast_paths[0] = saved[3:]

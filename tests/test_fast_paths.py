@@ -1,122 +1,249 @@
-"""The engine's fast paths agree with the plain formulas they stand for.
+"""The speed overlay (scratchmeta/fast) against the reference it replaces.
 
-Batch norm's VJP exists twice (Tensor ops for a recorded backward, raw arrays
-for a plain one); large convolutions build their im2col matrix a slice of the
-batch at a time; a stride-1 conv_transpose is a correlation with the flipped
-kernel; max pooling splits the gradient between tied maxima. The op tables
-(test_ops.py, test_functional.py) check each to second order against finite
-differences; these tests check that the two ways of computing agree exactly
-where they should, on inputs big enough to take the fast path.
+Every overlay entry has a row in ENTRY_TABLE: a function that reaches the
+replaced primitive (or composite), input shapes drawn by Hypothesis, and the
+same derivatives computed twice, with the fast paths on and off:
+forward values, first-order gradients of a plain backward (the raw-array VJPs)
+equal to 1e-12 relative in float64, and second-order derivatives (a recorded
+backward differentiated again). Large convolutions are drawn with a tiny
+COLS_BUDGET too, so the im2col matrix is built a slice of the batch at a time.
+The same rows then run under the strict CuPy stand-in (tests/strict_xp.py).
 """
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 import scratchmeta as sm
-from scratchmeta import backend, windows
+from scratchmeta import backend, fast, windows
+from scratchmeta.fast import windows as fast_windows
+from strict_xp import namespace as strict
 
-from test_ops import device
+from test_functional import axis_shapes, cnhw_norm_shapes, conv_shapes, norm_shapes, task_norm_shapes
+from test_ops import Spec, device, examples, unary
 
 F = sm.functional
 
 
-def _tensors(rng, *shapes):
-    return [sm.tensor(a, requires_grad=True) for a in device([rng.standard_normal(s) for s in shapes])]
-
-
-def _grads(loss_fn, xs, create_graph):
-    return [g.numpy() for g in sm.grad(loss_fn(*xs), xs, create_graph=create_graph)]
-
-
-@pytest.mark.parametrize("layout", ["nchw", "tasks_cnhw", "shared_params", "no_affine"])
-def test_batch_norm_array_vjp_equals_the_differentiable_one(layout):
-    """create_graph=False runs the raw-array VJP, create_graph=True the Tensor-op
-    one (normalization.py); both must give the same gradients."""
-    rng = np.random.default_rng(0)
-    if layout == "nchw":
-        shapes, kw = [(6, 3, 4, 5), (3,), (3,)], {}
-    elif layout == "tasks_cnhw":                  # Conv4's layout: (T, C, N, H, W), per-task params
-        shapes, kw = [(2, 3, 4, 5, 5), (2, 3), (2, 3)], {"channel_axis": -4, "batch_axis": -3}
-    elif layout == "shared_params":               # groups (tasks) sharing one weight and bias
-        shapes, kw = [(2, 3, 4, 5, 5), (3,), (3,)], {"channel_axis": -4, "batch_axis": -3}
+# ---------------------------------------------------------------------------
+# one row per overlay entry: the entry's name -> rows that reach it
+# ---------------------------------------------------------------------------
+@st.composite
+def cnhw_conv_shapes(draw, bias=False, adjoint=None):
+    """x (..., C, N, H, W), w (..., O, C, k, k) [+ b (..., O)], task axes on either."""
+    (x, w, *b), kw = draw(conv_shapes(batched=draw(st.booleans())))
+    if len(x) == 5:
+        x = (x[0], x[2], x[1]) + x[3:]           # (T, N, C, H, W) -> (T, C, N, H, W)
     else:
-        shapes, kw = [(5, 4, 3)], {}
-    xs = _tensors(rng, *shapes)
-    u = sm.tensor(device([rng.standard_normal(shapes[0])])[0])       # a fixed random cotangent
-
-    def loss(*args):
-        return (F.batch_norm(*args, **kw) * u).sum()
-
-    fast = _grads(loss, xs, create_graph=False)
-    recorded = _grads(loss, xs, create_graph=True)
-    for a, b in zip(fast, recorded):
-        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
-
-
-@pytest.mark.parametrize("param_shape", [(7,), (2, 1, 7)])
-def test_layer_norm_array_vjp_equals_the_differentiable_one(param_shape):
-    """Layer norm's gains vary along its statistics' axis: the raw-array VJP for
-    that case (_vjp_arrays_affine) against the Tensor-op one, with shared and
-    per-task (batched) parameters."""
-    rng = np.random.default_rng(3)
-    xs = _tensors(rng, (2, 5, 7), param_shape, param_shape)
-    u = sm.tensor(device([rng.standard_normal((2, 5, 7))])[0])
-
-    def loss(x, w, b):
-        return (F.layer_norm(x * 3.0 + 1.5, w, b) * u).sum()
-
-    fast = _grads(loss, xs, create_graph=False)
-    recorded = _grads(loss, xs, create_graph=True)
-    for a, b in zip(fast, recorded):
-        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+        x = (x[1], x[0]) + x[2:]
+    b = [w[:-4] + (w[-4],)] if bias else []
+    if adjoint == "transpose":                   # conv_transpose(g, w): g has conv's output shape
+        k, s, p = w[-1], kw["stride"], kw["padding"]
+        g = x[:-4] + (w[-4], x[-3], (x[-2] + 2 * p - k) // s + 1, (x[-1] + 2 * p - k) // s + 1)
+        return (g, w), dict(kw, size=x[-2:])
+    if adjoint == "weight":                      # conv_weight_grad(x, g)
+        k, s, p = w[-1], kw["stride"], kw["padding"]
+        g = w[:-4] + (w[-4], x[-3], (x[-2] + 2 * p - k) // s + 1, (x[-1] + 2 * p - k) // s + 1)
+        return (x, g), dict(kw, kernel=w[-2:])
+    return (x, w, *b), kw
 
 
-def test_batch_norm_matches_the_textbook_formula():
-    rng = np.random.default_rng(1)
-    x, w, b = rng.standard_normal((3, 4, 6, 2, 2)), rng.standard_normal((3, 4)), rng.standard_normal((3, 4))
-    y = F.batch_norm(*device([x, w, b]), channel_axis=1, batch_axis=2).numpy()
-    mean = x.mean(axis=(2, 3, 4), keepdims=True)
-    var = x.var(axis=(2, 3, 4), keepdims=True)
-    expect = (x - mean) / np.sqrt(var + 1e-5) * w[:, :, None, None, None] + b[:, :, None, None, None]
-    np.testing.assert_allclose(y, expect, rtol=1e-12, atol=1e-12)
+def _conv(x, w, stride, padding):
+    return windows.conv(x, w, stride=stride, padding=padding)
 
 
-@pytest.mark.parametrize("stride,padding", [(1, 1), (1, 0), (2, 1)])
-def test_convolutions_built_in_slices_equal_the_whole_batch(monkeypatch, stride, padding):
-    """With a tiny COLS_BUDGET every im2col matrix is built one image at a time:
-    forward values and first and second derivatives must not change."""
-    rng = np.random.default_rng(2)
-    xs = _tensors(rng, (2, 5, 3, 6, 6), (2, 4, 3, 3, 3), (2, 4))
-    u = sm.tensor(device([rng.standard_normal((2, 5, 4) + ((6 + 2 * padding - 3) // stride + 1,) * 2)])[0])
-
-    def run():
-        def loss(x, w, b):
-            y = F.conv2d(x, w, b, stride=stride, padding=padding)
-            return (y * u).sum()
-        first = sm.grad(loss(*xs), xs, create_graph=True)
-        second = sm.grad(sum((g * g).sum() for g in first), xs, allow_unused=True)
-        return [g.numpy() for g in first] + [g.numpy() for g in second if g is not None]
-
-    whole = run()
-    monkeypatch.setattr(windows, "COLS_BUDGET", 1)
-    assert len(windows._batch_slices((2,), 27, 5, 36)) == 5         # really one image per slice
-    sliced = run()
-    for a, b in zip(whole, sliced):
-        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+def _conv_transpose(g, w, size, stride, padding):
+    return windows.conv_transpose(g, w, size=size, stride=stride, padding=padding)
 
 
+def _conv_weight_grad(x, g, kernel, stride, padding):
+    return windows.conv_weight_grad(x, g, kernel=kernel, stride=stride, padding=padding)
+
+
+def _conv2d_cnhw(x, w, b, stride, padding):
+    return F.conv2d_cnhw(x, w, b, stride=stride, padding=padding)
+
+
+def _batch_norm(x, weight=None, bias=None, channel_axis=1, batch_axis=None):
+    return F.batch_norm(x, weight, bias, channel_axis=channel_axis, batch_axis=batch_axis)
+
+
+def _layer_norm(x, weight=None, bias=None):
+    return F.layer_norm(x, weight, bias)
+
+
+ENTRY_TABLE = {
+    "conv": [Spec("conv", _conv, cnhw_conv_shapes())],
+    "conv_transpose": [Spec("conv_transpose", _conv_transpose,
+                            cnhw_conv_shapes(adjoint="transpose"))],
+    "conv_weight_grad": [Spec("conv_weight_grad", _conv_weight_grad,
+                              cnhw_conv_shapes(adjoint="weight"))],
+    "conv2d_cnhw": [Spec("conv2d_cnhw", _conv2d_cnhw, cnhw_conv_shapes(bias=True))],
+    "batch_norm": [Spec("batch_norm", _batch_norm, norm_shapes(), domains=("distinct", "real", "real")),
+                   Spec("batch_norm_tasks", _batch_norm, task_norm_shapes(),
+                        domains=("distinct", "real", "real")),
+                   Spec("batch_norm_cnhw", _batch_norm, cnhw_norm_shapes(),
+                        domains=("distinct", "real", "real")),
+                   Spec("layer_norm", _layer_norm, norm_shapes(batch=False),
+                        domains=("distinct", "real", "real"))],
+    "gelu": [Spec("gelu", F.gelu, unary())],
+    "softmax": [Spec("softmax", lambda x, axis: F.softmax(x, axis=axis), axis_shapes())],
+}
+ROWS = [spec for rows in ENTRY_TABLE.values() for spec in rows]
+
+
+def test_every_overlay_entry_has_rows():
+    assert {e.name for e in fast.ENTRIES} == set(ENTRY_TABLE)
+    for e in fast.ENTRIES:
+        assert e.why, f"overlay entry {e.name} does not say why it is faster"
+
+
+def _derivatives(fn, arrays, on, seed=0):
+    """Value, plain first-order gradients, and second-order ones, fast paths on or off."""
+    previous = sm.use_fast_paths(on)
+    try:
+        rng = np.random.default_rng(seed)
+        xs = [sm.tensor(a, requires_grad=True) for a in device(arrays)]
+        y = fn(*xs)
+        u = sm.tensor(backend.asarray(rng.standard_normal(y.shape)))
+        first = sm.grad((y * u).sum(), xs, allow_unused=True)                 # plain backward
+        recorded = sm.grad((y * u).sum(), xs, create_graph=True, allow_unused=True)
+        pairs = [(g, sm.tensor(backend.asarray(rng.standard_normal(g.shape))))
+                 for g in recorded if g is not None and g.requires_grad]
+        second = ()
+        if pairs:
+            second = sm.grad(sum((g * v).sum() for g, v in pairs), xs, allow_unused=True)
+        host = lambda ts: [None if t is None else t.numpy() for t in ts]       # noqa: E731
+        return [y.numpy()], host(first), host(second)
+    finally:
+        sm.use_fast_paths(previous)
+
+
+def _close(expected, got, rtol):
+    for e, g in zip(expected, got):
+        assert (e is None) == (g is None)
+        if e is not None:
+            scale = max(1.0, float(np.abs(e).max())) if e.size else 1.0
+            np.testing.assert_allclose(g, e, rtol=rtol, atol=rtol * scale)
+
+
+def _compare(spec, arrays, kw):
+    fn = spec.bind(kw)
+    value, first, second = _derivatives(fn, arrays, on=False)
+    fast_value, fast_first, fast_second = _derivatives(fn, arrays, on=True)
+    _close(value, fast_value, 1e-12)
+    _close(first, fast_first, 1e-12)                 # first order: 1e-12 relative
+    _close(second, fast_second, 1e-10)
+
+
+@pytest.mark.parametrize("spec", ROWS, ids=lambda s: s.name)
+@settings(max_examples=examples(15))
+@given(data=st.data())
+def test_overlay_entry_equals_the_reference_to_second_order(spec, data):
+    arrays, kw = data.draw(spec.inputs(), label="inputs")
+    budget = data.draw(st.sampled_from([fast_windows.COLS_BUDGET, 1]), label="COLS_BUDGET")
+    saved, fast_windows.COLS_BUDGET = fast_windows.COLS_BUDGET, budget
+    try:
+        _compare(spec, arrays, kw)
+    finally:
+        fast_windows.COLS_BUDGET = saved
+
+
+@pytest.mark.parametrize("spec", ROWS, ids=lambda s: s.name)
+@settings(max_examples=examples(3))
+@given(data=st.data())
+def test_overlay_entry_under_the_strict_namespace(spec, data):
+    """The overlay makes no implicit host conversion (what CuPy refuses)."""
+    arrays, kw = data.draw(spec.inputs(), label="inputs")
+    expected = [_derivatives(spec.bind(kw), arrays, on=True)]
+    backend._use_namespace("strict", strict)
+    got = [_derivatives(spec.bind(kw), arrays, on=True)]
+    backend._use_namespace("numpy", np)
+    for e, g in zip(expected[0], got[0]):
+        _close(e, g, 1e-13)
+
+
+# ---------------------------------------------------------------------------
+# the switch
+# ---------------------------------------------------------------------------
+def test_use_fast_paths_switches_which_code_runs():
+    x = sm.tensor(np.linspace(-2, 2, 5), requires_grad=True)
+    previous = sm.use_fast_paths(False)
+    try:
+        assert F.gelu(x)._op is sm.activations.gelu              # the core primitive
+        assert sm.use_fast_paths(True) is False and sm.fast_paths_enabled()
+        assert F.gelu(x)._op is sm.activations.gelu.fast         # its overlay entry
+        assert F.gelu(x)._op.name == "gelu"
+    finally:
+        sm.use_fast_paths(previous)
+    with pytest.raises(TypeError, match="True or False"):
+        sm.use_fast_paths("no")
+
+
+@pytest.mark.parametrize("value,ok", [("0", True), ("1", True), ("yes", False), ("2", False)])
+def test_environment_switch(value, ok):
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, SCRATCHMETA_FAST=value)
+    code = "import scratchmeta as sm; print(sm.fast_paths_enabled())"
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    if ok:
+        assert run.returncode == 0 and run.stdout.strip() == str(value == "1")
+    else:
+        assert run.returncode != 0 and f"SCRATCHMETA_FAST must be 0 or 1, got '{value}'" in run.stderr
+
+
+# ---------------------------------------------------------------------------
+# cases worth a fixed example: the fast paths' own branches
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("fast_on", [False, True])
 @pytest.mark.parametrize("stride,padding", [(1, 0), (1, 1), (1, 2), (2, 1)])
-def test_conv_transpose_is_the_adjoint_of_conv(stride, padding):
-    """<conv(a, w), g> = <a, conv_transpose(g, w)>, through the flipped-kernel
-    correlation (stride 1) and through fold (stride 2)."""
+def test_conv_transpose_is_the_adjoint_of_conv(stride, padding, fast_on):
+    """<conv(a, w), g> = <a, conv_transpose(g, w)>: through fold (the reference),
+    the flipped-kernel correlation (fast, stride 1) and the sliced fold (stride 2)."""
     rng = np.random.default_rng(3)
-    a, w = device([rng.standard_normal((3, 2, 7, 7)), rng.standard_normal((4, 3, 3, 3))])
-    y = windows.conv.forward(a, w, stride, padding)
-    g = device([rng.standard_normal(tuple(y.shape))])[0]
-    at = windows.conv_transpose.forward(g, w, (7, 7), stride, padding)
-    lhs = float(backend.to_numpy((y * g).sum()))
-    rhs = float(backend.to_numpy((a * at).sum()))
+    previous = sm.use_fast_paths(fast_on)
+    try:
+        a, w = (sm.tensor(t) for t in device([rng.standard_normal((3, 2, 7, 7)),
+                                              rng.standard_normal((4, 3, 3, 3))]))
+        y = windows.conv(a, w, stride=stride, padding=padding)
+        g = sm.tensor(device([rng.standard_normal(y.shape)])[0])
+        at = windows.conv_transpose(g, w, size=(7, 7), stride=stride, padding=padding)
+    finally:
+        sm.use_fast_paths(previous)
+    lhs, rhs = (y * g).sum().item(), (a * at).sum().item()
     assert at.shape == a.shape
     assert abs(lhs - rhs) <= 1e-10 * max(1.0, abs(lhs))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_batch_norm_with_a_large_mean_keeps_its_precision(dtype):
+    """mean(x^2) - mean^2 would cancel catastrophically at x = 1e4 + N(0, 1); the
+    fast batch norm notices and takes the two-pass route."""
+    rng = np.random.default_rng(6)
+    x = 1e4 + rng.standard_normal((8, 3, 4, 4))
+    y = F.batch_norm(sm.tensor(device([x])[0], dtype=dtype)).numpy()
+    mean, var = x.mean(axis=(0, 2, 3), keepdims=True), x.var(axis=(0, 2, 3), keepdims=True)
+    expect = (x - mean) / np.sqrt(var + 1e-5)
+    np.testing.assert_allclose(y, expect, atol=1e-2 if dtype == "float32" else 1e-10)
+
+
+@pytest.mark.parametrize("b_lead", [(2,), ()])
+def test_conv_bias_in_the_product_equals_adding_it_after(b_lead):
+    """The fast conv2d_cnhw puts b in the matrix product when b has w's leading
+    axes and adds it afterwards otherwise; whole or sliced; forward and gradients."""
+    rng = np.random.default_rng(7)
+    arrays = [rng.standard_normal((2, 3, 4, 6, 6)), rng.standard_normal((2, 5, 3, 3, 3)),
+              rng.standard_normal(b_lead + (5,))]
+    fn = lambda x, w, b: F.conv2d_cnhw(x, w, b, padding=1)               # noqa: E731
+    expected = _derivatives(fn, arrays, on=False)
+    for budget in (fast_windows.COLS_BUDGET, 1):
+        saved, fast_windows.COLS_BUDGET = fast_windows.COLS_BUDGET, budget
+        try:
+            for e, g in zip(expected, _derivatives(fn, arrays, on=True)):
+                _close(e, g, 1e-12)
+        finally:
+            fast_windows.COLS_BUDGET = saved
 
 
 def test_max_pool_splits_the_gradient_between_tied_maxima():
@@ -128,127 +255,3 @@ def test_max_pool_splits_the_gradient_between_tied_maxima():
     expect = np.array([[[[0.5, 0.5, 0.25, 0.25, 0.0, 1.0],
                          [0.0, 0.0, 0.25, 0.25, 0.0, 0.0]]]])
     np.testing.assert_array_equal(g.numpy(), expect)
-
-
-@pytest.mark.parametrize("padding", [0, 1, 2])
-@pytest.mark.parametrize("leads", [((), ()), ((2,), (2,)), ((), (2,)), ((2,), ())])
-def test_conv_first_order_vjp_from_one_im2col_equals_the_two_primitives(padding, leads):
-    """A plain backward computes x_bar and W_bar from one im2col of g
-    (windows._conv_grads_arrays); a recorded one uses conv_transpose and
-    conv_weight_grad. Same numbers, also when x or w carries task axes the other lacks."""
-    rng = np.random.default_rng(4)
-    x_lead, w_lead = leads
-    x, w = _tensors(rng, x_lead + (3, 4, 6, 5), w_lead + (5, 3, 3, 3))
-    out_lead = x_lead if len(x_lead) >= len(w_lead) else w_lead
-    u = sm.tensor(device([rng.standard_normal(out_lead + (5, 4, 4 + 2 * padding, 3 + 2 * padding))])[0])
-
-    def loss(x, w):
-        return (sm.ops.conv(x, w, padding=padding) * u).sum()
-
-    fast = _grads(loss, [x, w], create_graph=False)
-    recorded = _grads(loss, [x, w], create_graph=True)
-    for a, b in zip(fast, recorded):
-        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
-
-
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_batch_norm_with_a_large_mean_keeps_its_precision(dtype):
-    """mean(x^2) - mean^2 would cancel catastrophically at x = 1e4 + N(0, 1);
-    batch_norm notices and takes the two-pass route."""
-    rng = np.random.default_rng(6)
-    x = 1e4 + rng.standard_normal((8, 3, 4, 4))
-    y = F.batch_norm(sm.tensor(device([x])[0], dtype=dtype)).numpy()
-    mean, var = x.mean(axis=(0, 2, 3), keepdims=True), x.var(axis=(0, 2, 3), keepdims=True)
-    expect = (x - mean) / np.sqrt(var + 1e-5)
-    np.testing.assert_allclose(y, expect, atol=1e-2 if dtype == "float32" else 1e-10)
-
-
-@pytest.mark.parametrize("b_lead", [(2,), ()])
-def test_conv_bias_in_the_product_equals_adding_it_after(monkeypatch, b_lead):
-    """conv_bias puts b in the matrix product (a row of ones under U(x)) when b
-    has w's leading axes, and adds it afterwards otherwise; whole or sliced."""
-    rng = np.random.default_rng(7)
-    x, w = device([rng.standard_normal((2, 3, 4, 6, 6)), rng.standard_normal((2, 5, 3, 3, 3))])
-    b = device([rng.standard_normal(b_lead + (5, 1, 1, 1))])[0]
-    expect = backend.to_numpy(windows.conv.forward(x, w, 1, 1) + b)
-    for budget in (windows.COLS_BUDGET, 1):
-        monkeypatch.setattr(windows, "COLS_BUDGET", budget)
-        got = backend.to_numpy(windows.conv_bias.forward(x, w, b, 1, 1))
-        np.testing.assert_allclose(got, expect, rtol=1e-12, atol=1e-12)
-
-
-def _conv_bn_inputs(rng, x_lead, w_lead, out_c=20, in_c=1, k=3, n=4, size=5):
-    return _tensors(rng, x_lead + (in_c, n, size, size), w_lead + (out_c, in_c, k, k),
-                    w_lead + (out_c,), w_lead + (out_c,), w_lead + (out_c,))
-
-
-@pytest.mark.parametrize("leads", [((2,), (2,)), ((), ()), ((), (2,)), ((2,), ())])
-def test_conv_batch_norm_fused_equals_the_two_ops(leads):
-    """ops.conv_batch_norm (statistics from the im2col matrix's moments) against
-    conv_bias then batch_norm: forward values and first-order gradients; the
-    conv bias's gradient is exactly zero (batch norm cancels it)."""
-    from scratchmeta.normalization import _conv_batch_norm_composite
-    rng = np.random.default_rng(8)
-    xs = _conv_bn_inputs(rng, *leads)
-    xs[0].requires_grad = False                    # images: the fused VJP's own case
-    params = xs[1:]
-    fused = F.conv2d_batch_norm_cnhw(*xs, padding=1)
-    assert fused._op.name == "conv_batch_norm"
-    plain = _conv_batch_norm_composite(*xs, padding=1, eps=1e-5)
-    np.testing.assert_allclose(fused.numpy(), plain.numpy(), rtol=1e-10, atol=1e-10)
-    u = sm.tensor(device([rng.standard_normal(fused.shape)])[0])
-    g_fused = sm.grad((fused * u).sum(), params)
-    g_plain = sm.grad((plain * u).sum(), params)
-    for a, b in zip(g_fused, g_plain):
-        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-9, atol=1e-10)
-    if leads[0] == leads[1]:                       # the raw-array VJP (else the composite one)
-        assert not g_fused[1].numpy().any()
-
-
-def test_conv_batch_norm_recorded_and_input_gradients_go_through_the_two_ops():
-    """create_graph=True, or a gradient for x, differentiate the recomputed pair."""
-    rng = np.random.default_rng(9)
-    xs = _conv_bn_inputs(rng, (2,), (2,))
-    u = sm.tensor(device([rng.standard_normal((2, 20, 4, 5, 5))])[0])
-
-    def loss(*args):
-        return (F.conv2d_batch_norm_cnhw(*args, padding=1) * u).sum()
-
-    plain = [g.numpy() for g in sm.grad(loss(*xs), xs)]
-    recorded = sm.grad(loss(*xs), xs, create_graph=True)
-    for a, b in zip(plain, recorded):
-        np.testing.assert_allclose(a, b.numpy(), rtol=1e-9, atol=1e-10)
-    assert recorded[1].requires_grad                          # differentiable again
-    assert sm.check_grads(lambda *a: loss(*a), [t.data for t in xs], order=2)
-
-
-def test_conv_batch_norm_is_used_only_for_thin_im2col_matrices():
-    rng = np.random.default_rng(10)
-    thin = _conv_bn_inputs(rng, (2,), (2,), out_c=20, in_c=1)
-    wide = _conv_bn_inputs(rng, (2,), (2,), out_c=8, in_c=3)      # 27 rows > 8 // 2
-    assert F.conv2d_batch_norm_cnhw(*thin, padding=1)._op.name == "conv_batch_norm"
-    assert F.conv2d_batch_norm_cnhw(*wide, padding=1)._op.name == "batch_norm"
-
-
-def test_gelu_array_vjp_equals_the_differentiable_one_and_the_formula():
-    rng = np.random.default_rng(11)
-    x = rng.standard_normal((3, 5, 7)) * 3
-    xt = sm.tensor(device([x])[0], requires_grad=True)
-    u = sm.tensor(device([rng.standard_normal(x.shape)])[0])
-    y = F.gelu(xt)
-    t = np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3))
-    np.testing.assert_allclose(y.numpy(), 0.5 * x * (1 + t), rtol=1e-13, atol=1e-13)
-    fast = _grads(lambda v: (F.gelu(v) * u).sum(), [xt], create_graph=False)
-    recorded = _grads(lambda v: (F.gelu(v) * u).sum(), [xt], create_graph=True)
-    np.testing.assert_allclose(fast[0], recorded[0], rtol=1e-12, atol=1e-13)
-
-
-def test_softmax_and_layer_norm_match_their_formulas():
-    rng = np.random.default_rng(12)
-    x, w, b = rng.standard_normal((4, 6)) * 5, rng.standard_normal(6), rng.standard_normal(6)
-    s = F.softmax(sm.tensor(device([x])[0]), axis=-1).numpy()
-    e = np.exp(x - x.max(axis=-1, keepdims=True))
-    np.testing.assert_allclose(s, e / e.sum(axis=-1, keepdims=True), rtol=1e-13)
-    y = F.layer_norm(*[sm.tensor(a) for a in device([x, w, b])]).numpy()
-    z = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-5)
-    np.testing.assert_allclose(y, z * w + b, rtol=1e-12, atol=1e-12)

@@ -121,15 +121,6 @@ def cnhw_norm_shapes(draw):
 
 
 @st.composite
-def conv_bn_shapes(draw):
-    """A thin im2col matrix (C*k*k <= O/2), so conv2d_batch_norm_cnhw takes its fused
-    primitive: x (T, C, N, H, W), w (T, O, C, k, k), b, weight, bias (T, O)."""
-    T, N, k = draw(side(1, 2)), draw(side(2, 3)), draw(side(1, 2))
-    O, H, W = 2 * k * k, draw(side(2, 3)), draw(side(2, 3))
-    return (((T, 1, N, H, W), (T, O, 1, k, k)) + ((T, O),) * 3), {"padding": draw(side(0, 1))}
-
-
-@st.composite
 def sq_dist_shapes(draw):
     lead = draw(hnp.array_shapes(min_dims=0, max_dims=1, max_side=2))
     n, m, d = draw(side()), draw(side()), draw(side())
@@ -180,9 +171,6 @@ FN_TABLE = [
          example=([(2, 3, 2, 2), (2, 2), (2, 2)], {"channel_axis": 2})),
     Spec("batch_norm_cnhw", _batch_norm, cnhw_norm_shapes(), domains=("distinct", "real", "real"),
          example=([(2, 2, 3, 2, 2), (2, 2), (2, 2)], {"channel_axis": 1, "batch_axis": 2})),
-    Spec("conv2d_batch_norm", F.conv2d_batch_norm_cnhw, conv_bn_shapes(),
-         domains=("distinct", "real", "real", "real", "real"),
-         example=([(2, 1, 3, 3, 3), (2, 8, 1, 2, 2), (2, 8), (2, 8), (2, 8)], {"padding": 1})),
     Spec("layer_norm", _layer_norm, norm_shapes(batch=False),
          domains=("distinct", "real", "real"), example=([(4, 3), (3,), (3,)], {})),
     Spec("gelu", F.gelu, same_shapes(count=1), example=([(3, 2)], {})),

@@ -17,7 +17,7 @@ from hypothesis import given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 
 import scratchmeta as sm
-from scratchmeta import backend, ops
+from scratchmeta import activations, backend, normalization, ops, tensor, windows
 from scratchmeta.tensor import Primitive, _toposort
 
 F = sm.functional
@@ -42,6 +42,11 @@ def values(shape, domain="real"):
         return hnp.arrays(np.float64, shape, elements=st.floats(0.3, 2.5))
     if domain == "away0":                             # abs, relu, divisors: |x| >= 0.2
         mags = hnp.arrays(np.float64, shape, elements=st.floats(0.2, 2.0))
+        signs = hnp.arrays(np.bool_, shape)
+        return st.tuples(mags, signs).map(lambda ms: np.where(ms[1], ms[0], -ms[0]))
+    if domain == "away1":                             # clip against bounds near +-1
+        mags = hnp.arrays(np.float64, shape, elements=st.one_of(st.floats(0.2, 0.8),
+                                                                 st.floats(1.2, 2.0)))
         signs = hnp.arrays(np.bool_, shape)
         return st.tuples(mags, signs).map(lambda ms: np.where(ms[1], ms[0], -ms[0]))
     if domain == "distinct":                          # max: every pair 0.3 apart, no ties
@@ -86,6 +91,8 @@ class Spec:
                 a = rng.uniform(0.3, 2.5, s)
             elif d == "away0":
                 a = rng.uniform(0.2, 2.0, s) * rng.choice([-1.0, 1.0], s)
+            elif d == "away1":
+                a = rng.choice([0.5, 1.6], s) * rng.choice([-1.0, 1.0], s)
             else:
                 n = int(np.prod(s, dtype=int))
                 a = ((rng.permutation(n) - n / 2) * 0.4 + rng.uniform(-0.1, 0.1, n)).reshape(s)
@@ -119,6 +126,12 @@ def broadcast_pair():
     """Two shapes that broadcast, size-1 axes and 0-d included."""
     return hnp.mutually_broadcastable_shapes(
         num_shapes=2, min_dims=0, max_dims=3, min_side=1, max_side=MAX_SIDE).map(
+            lambda b: (tuple(b.input_shapes), {}))
+
+
+def broadcast_triple():
+    return hnp.mutually_broadcastable_shapes(
+        num_shapes=3, min_dims=0, max_dims=3, min_side=1, max_side=MAX_SIDE).map(
             lambda b: (tuple(b.input_shapes), {}))
 
 
@@ -364,24 +377,37 @@ OP_TABLE = [
     Spec("relu", lambda x: x.relu(), unary(), domains="away0", example=([(2, 3)], {})),
     Spec("tanh", lambda x: x.tanh(), unary(), example=([(2, 3)], {})),
     Spec("sigmoid", lambda x: x.sigmoid(), unary(), example=([(2, 3)], {})),
+    Spec("softplus", lambda x: F.softplus(x), unary(), example=([(2, 3)], {})),
+    Spec("log1p", lambda x: x.log1p(), unary(), domains="positive", example=([(2, 3)], {})),
+    Spec("expm1", lambda x: x.expm1(), unary(), example=([(2, 3)], {})),
+    Spec("sin", lambda x: x.sin(), unary(), example=([(2, 3)], {})),
+    Spec("cos", lambda x: x.cos(), unary(), example=([(2, 3)], {})),
+    # maximum, minimum, clip: the second input scaled into [-0.1, 0.1] and the first at
+    # least 0.2 from it (domain away0), so no finite difference straddles a kink
+    Spec("maximum", lambda x, y: sm.maximum(x, 0.05 * y), broadcast_pair(),
+         domains=("away0", "real"), example=([(2, 3), (3,)], {})),
+    Spec("minimum", lambda x, y: sm.minimum(x, 0.05 * y), broadcast_pair(),
+         domains=("away0", "real"), example=([(2, 1), (1, 3)], {})),
+    Spec("clip", lambda x, lo, hi: sm.clip(x, 0.05 * lo - 1, 0.05 * hi + 1), broadcast_triple(),
+         domains=("away1", "real", "real"), example=([(2, 3), (3,), (2, 1)], {})),
     # a cast (float64 -> float64 here; float32 round trips are in test_engine.py,
     # since finite differences cannot resolve float32 rounding)
     Spec("astype", lambda x: x.astype("float64") * 2.0, unary(), example=([(2, 3)], {})),
     # sliding windows (the primitives under conv2d and max_pool2d)
-    Spec("unfold", lambda x, **kw: ops.unfold(x, **kw), window_shapes(),
+    Spec("unfold", lambda x, **kw: windows.unfold(x, **kw), window_shapes(),
          example=([(1, 2, 4, 4)], {"kh": 3, "kw": 2, "stride": 2, "padding": 1})),
-    Spec("fold", lambda c, **kw: ops.fold(c, **kw), window_shapes(adjoint=True),
+    Spec("fold", lambda c, **kw: windows.fold(c, **kw), window_shapes(adjoint=True),
          example=([(1, 2, 2, 2, 4, 4)], {"size": (3, 3), "stride": 1, "padding": 1})),
-    Spec("unfold_at3", lambda x, **kw: ops.unfold(x, **kw), window_shapes(at=-3),
+    Spec("unfold_at3", lambda x, **kw: windows.unfold(x, **kw), window_shapes(at=-3),
          example=([(1, 2, 4, 4)], {"kh": 3, "kw": 2, "stride": 2, "padding": 1, "at": -3})),
-    Spec("fold_at3", lambda c, **kw: ops.fold(c, **kw), window_shapes(adjoint=True, at=-3),
+    Spec("fold_at3", lambda c, **kw: windows.fold(c, **kw), window_shapes(adjoint=True, at=-3),
          example=([(1, 2, 2, 2, 4, 4)], {"size": (3, 3), "stride": 1, "padding": 1, "at": -3})),
 ]
 
 # Third order on a representative subset: products, quotients, matmul,
 # transcendental functions, a reduction and the scatter-add adjoint of indexing.
 ORDER3 = ["mul", "div", "pow_tensor", "matmul", "max", "getitem_int_array",
-          "exp", "log", "tanh", "sigmoid", "sqrt"]
+          "exp", "log", "tanh", "sigmoid", "sqrt", "softplus", "sin"]
 
 _BY_NAME = {s.name: s for s in OP_TABLE}
 
@@ -413,7 +439,8 @@ def test_every_primitive_is_exercised_by_the_tables():
     """A new primitive in ops.py needs a row here (or must appear in some row's graphs,
     forward or backward, as scatter_add does for getitem)."""
     from test_functional import FN_TABLE
-    primitives = {v.name for v in vars(ops).values() if isinstance(v, Primitive)}
+    primitives = {v.name for module in (tensor, ops, windows, normalization, activations)
+                  for v in vars(module).values() if isinstance(v, Primitive)}
     covered = set()
     for spec in OP_TABLE + FN_TABLE:
         covered |= _primitives_in_graphs(spec)
@@ -461,13 +488,22 @@ def _np_reference(name, arrays, kw):
         "where": lambda: np.where(kw["cond"], arrays[0], arrays[1]),
         "sigmoid": lambda: 1 / (1 + np.exp(-x)),
         "tanh": lambda: np.tanh(x),
+        "softplus": lambda: np.log1p(np.exp(x)),
+        "log1p": lambda: np.log1p(x),
+        "expm1": lambda: np.expm1(x),
+        "sin": lambda: np.sin(x),
+        "cos": lambda: np.cos(x),
+        "maximum": lambda: np.maximum(x, 0.05 * arrays[1]),
+        "minimum": lambda: np.minimum(x, 0.05 * arrays[1]),
+        "clip": lambda: np.clip(x, 0.05 * arrays[1] - 1, 0.05 * arrays[2] + 1),
     }
     return table[name]()
 
 
 @pytest.mark.parametrize("name", ["add", "mul", "div", "pow_tensor", "matmul", "sum", "max",
                                   "getitem_int_array", "getitem_bool", "where", "sigmoid",
-                                  "tanh"])
+                                  "tanh", "softplus", "log1p", "expm1", "sin", "cos", "maximum",
+                                  "minimum", "clip"])
 def test_forward_matches_numpy(name):
     spec = _BY_NAME[name]
     arrays, kw = spec.sample(seed=3)
