@@ -135,7 +135,8 @@ def _shares(x, out, k):
     if int(xp.count_nonzero(hits)) == out.size:        # one maximum in every window: no ties
         return hits
     count = _window_cols(hits.sum(axis=-2, dtype=xp.int8), k)          # maxima per window
-    return hits / xp.repeat(count, k, axis=-1)[..., :, None, :]
+    # in x's dtype: bool / int8 would give float64 and promote a float32 backward pass
+    return hits.astype(x.dtype) / xp.repeat(count, k, axis=-1)[..., :, None, :]
 
 
 @primitive
