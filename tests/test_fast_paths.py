@@ -18,6 +18,7 @@ from scratchmeta import backend, fast, windows
 from scratchmeta.fast import windows as fast_windows
 from strict_xp import namespace as strict
 
+from test_fast_float32 import ENTRY_TABLE as FLOAT32_ENTRY_TABLE
 from test_functional import axis_shapes, cnhw_norm_shapes, conv_shapes, norm_shapes, task_norm_shapes
 from test_ops import Spec, device, examples, unary
 
@@ -88,6 +89,7 @@ ENTRY_TABLE = {
     "gelu": [Spec("gelu", F.gelu, unary())],
     "softmax": [Spec("softmax", lambda x, axis: F.softmax(x, axis=axis), axis_shapes())],
 }
+ENTRY_TABLE.update(FLOAT32_ENTRY_TABLE)          # the entries added for float32 speed (pooling)
 ROWS = [spec for rows in ENTRY_TABLE.values() for spec in rows]
 
 
