@@ -14,7 +14,7 @@ import scratchmeta as sm
 from scratchmeta import backend
 from scratchmeta.tensor import Tensor
 
-from test_functional import pool_shapes
+from test_functional import axis_shapes, pool_shapes
 from test_ops import Spec, device
 
 F = sm.functional
@@ -152,3 +152,42 @@ def test_float32_protonet_and_icl_steps_never_compute_in_float64(created_dtypes,
         sm.use_fast_paths(previous)
         sm.set_default_dtype(default)
     assert created_dtypes.get("float64", 0) == 0, created_dtypes
+
+
+# ---------------------------------------------------------------------------
+# masked softmax (scratchmeta/fast/attention.py)
+# ---------------------------------------------------------------------------
+def _mask_for(shape, axis):
+    """A fixed boolean mask of `shape` with some False, and a True first along `axis`."""
+    mask = np.indices(shape).sum(axis=0) % 3 != 1
+    np.moveaxis(mask, axis, 0)[0] = True
+    return mask
+
+
+def _masked_softmax(x, axis):
+    return F.softmax(x, axis=axis, mask=_mask_for(x.shape, axis))
+
+
+ENTRY_TABLE["softmax"] = [Spec("masked_softmax", _masked_softmax, axis_shapes())]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_causal_softmax_equals_the_reference_to_second_order(dtype):
+    from scratchmeta import transformer
+    from test_fast_paths import _close, _derivatives
+    rng = np.random.default_rng(4)
+    q, k, v = (rng.standard_normal((2, 3, 5, 4)).astype(dtype) for _ in range(3))
+    fn = lambda q, k, v: transformer.attention(q, k, v)    # noqa: E731
+    plain, fast = _derivatives(fn, [q, k, v], on=False), _derivatives(fn, [q, k, v], on=True)
+    for expected, got in zip(plain, fast):
+        _close(expected, got, 1e-12 if dtype == np.float64 else 1e-5)
+    # the fused primitive ran, and a later key got no weight
+    scores = sm.tensor(rng.standard_normal((2, 5, 5)).astype(dtype), requires_grad=True)
+    s = F.softmax(scores, mask=np.tril(np.ones((5, 5), bool)))
+    assert s._op.name == ("masked_softmax" if sm.fast_paths_enabled() else "softmax")
+    assert np.all(np.triu(s.numpy(), 1) == 0)
+
+
+def test_masked_softmax_refuses_a_mask_that_does_not_broadcast():
+    with pytest.raises(ValueError, match="does not broadcast"):
+        F.softmax(sm.tensor(np.zeros((2, 3))), mask=np.ones((4,), bool))

@@ -89,7 +89,8 @@ ENTRY_TABLE = {
     "gelu": [Spec("gelu", F.gelu, unary())],
     "softmax": [Spec("softmax", lambda x, axis: F.softmax(x, axis=axis), axis_shapes())],
 }
-ENTRY_TABLE.update(FLOAT32_ENTRY_TABLE)          # the entries added for float32 speed (pooling)
+for _name, _rows in FLOAT32_ENTRY_TABLE.items():     # the entries added for float32 speed
+    ENTRY_TABLE.setdefault(_name, []).extend(_rows)
 ROWS = [spec for rows in ENTRY_TABLE.values() for spec in rows]
 
 
