@@ -112,7 +112,8 @@ def test_sinusoid_workloads_agree_across_every_peer(name):
     assert all(np.abs(g).max() > 0 for g in results["torch_loop"].values())
 
 
-@pytest.mark.parametrize("name", ["maml_conv4", "maml_conv4_api", "protonet", "protonet_omniglot"])
+@pytest.mark.parametrize("name", [pytest.param("maml_conv4", marks=pytest.mark.slow),
+                                  "maml_conv4_api", "protonet"])
 def test_image_workloads_agree_with_the_pytorch_loop(name):
     """scratchmeta (fast paths on and off) against the PyTorch loop, float64, one task."""
     pytest.importorskip("torch", reason="torch_loop is the reference")
@@ -124,6 +125,7 @@ def test_image_workloads_agree_with_the_pytorch_loop(name):
         assert np.abs(ref[k]).max() > 0, k
 
 
+@pytest.mark.slow
 def test_public_api_loop_agrees_in_float32():
     """The default dtype: float32 agreement (rtol 1e-3) of the user's loop and PyTorch's."""
     pytest.importorskip("torch", reason="torch_loop is the reference")
