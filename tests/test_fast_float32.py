@@ -88,7 +88,8 @@ def _maml_step(dtype, rng):
     for i in range(4):
         p[f"conv{i}.w"] = rng.standard_normal((hidden, c, 3, 3)) * 0.5
         p[f"conv{i}.b"] = rng.standard_normal(hidden) * 0.1
-        p[f"bn{i}.w"], p[f"bn{i}.b"] = 1 + 0.1 * rng.standard_normal(hidden), 0.1 * rng.standard_normal(hidden)
+        p[f"bn{i}.w"] = 1 + 0.1 * rng.standard_normal(hidden)
+        p[f"bn{i}.b"] = 0.1 * rng.standard_normal(hidden)
         c = hidden
     p["head.w"], p["head.b"] = rng.standard_normal((3, hidden)), rng.standard_normal(3)
     theta = {k: sm.tensor(v, dtype=dtype, requires_grad=True) for k, v in p.items()}
