@@ -9,7 +9,7 @@ The public engine surface follows PyTorch's names (see docs/engine.md).
 from .backend import (get_backend, set_backend, get_default_dtype, set_default_dtype)
 from .tensor import (Tensor, tensor, as_tensor, grad, no_grad, enable_grad,
                      is_grad_enabled, use_fast_paths, fast_paths_enabled)
-from . import ops, windows, normalization, activations  # noqa: F401  (binds Tensor's operators)
+from . import methods, windows, normalization, activations  # noqa: F401  (methods binds Tensor's operators)
 from .ops import where, maximum, minimum, clip, sin, cos, log1p, expm1  # noqa: F401
 from .checks import (GradcheckError, check_grads, gradcheck, gradgradcheck, hessian, hvp)
 from . import functional

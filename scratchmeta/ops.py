@@ -157,26 +157,13 @@ def matmul(a, b):
 
 @matmul.vjp
 def _matmul_vjp(g, out, a, b):
-    # C = A B:  dL/dA = G B^T,  dL/dB = A^T G  (batched, with broadcasting)
-    a2 = a.reshape(1, a.shape[0]) if a.ndim == 1 else a      # vector as a row
-    b2 = b.reshape(b.shape[0], 1) if b.ndim == 1 else b      # vector as a column
-    if a.ndim == 1 and b.ndim == 1:
-        g2 = g.reshape(1, 1)
-    elif a.ndim == 1:
-        g2 = g.reshape(g.shape[:-1] + (1, g.shape[-1]))
-    elif b.ndim == 1:
-        g2 = g.reshape(g.shape + (1,))
-    else:
-        g2 = g
-    ga = unbroadcast(g2 @ b2.mT, a2.shape).reshape(a.shape) if a.requires_grad else None
-    gb = None
-    if b.requires_grad and b.ndim == 2 and a.ndim > 2:
-        # one matrix shared by a batch (x @ W): sum_t A_t^T G_t is one product
-        # of the batch stacked into rows, not a batch of products then a sum
-        gb = a.reshape(-1, a.shape[-1]).mT @ g.reshape(-1, g.shape[-1])
-    elif b.requires_grad:
-        gb = unbroadcast(a2.mT @ g2, b2.shape).reshape(b.shape)
-    return ga, gb
+    # C = A B:  dL/dA = G B^T,  dL/dB = A^T G  (batched, with broadcasting); a vector
+    # a is a row (1, k), a vector b a column (k, 1), and g gets back the axes they lack
+    a2 = a.reshape(1, a.shape[0]) if a.ndim == 1 else a
+    b2 = b.reshape(b.shape[0], 1) if b.ndim == 1 else b
+    g2 = g.reshape(g.shape[:g.ndim - (a.ndim > 1) - (b.ndim > 1)] + (a2.shape[-2], b2.shape[-1]))
+    return (unbroadcast(g2 @ b2.mT, a2.shape).reshape(a.shape) if a.requires_grad else None,
+            unbroadcast(a2.mT @ g2, b2.shape).reshape(b.shape) if b.requires_grad else None)
 
 
 # -- elementwise functions ------------------------------------------------------
@@ -371,14 +358,6 @@ def _add_at(z, index, values):
         cupyx.scatter_add(z, index, values)
 
 
-def _split_sizes(sizes, axis):
-    bounds, start = [], 0
-    for s in sizes:
-        bounds.append((start, start + s))
-        start += s
-    return bounds
-
-
 @primitive
 def concatenate(*xs, axis=0):
     try:
@@ -390,11 +369,12 @@ def concatenate(*xs, axis=0):
 
 @concatenate.vjp
 def _concatenate_vjp(g, out, *xs, axis=0):
-    grads = []
-    for x, (lo, hi) in zip(xs, _split_sizes([x.shape[axis] for x in xs], axis)):
+    grads, start = [], 0
+    for x in xs:                       # each input gets back its own slice along `axis`
         index = [slice(None)] * g.ndim
-        index[axis] = slice(lo, hi)
+        index[axis] = slice(start, start + x.shape[axis])
         grads.append(g[tuple(index)] if x.requires_grad else None)
+        start += x.shape[axis]
     return tuple(grads)
 
 
@@ -534,83 +514,3 @@ def _clip_vjp(g, out, x, lo, hi):
     return (unbroadcast(g * inside, x.shape) if x.requires_grad else None,
             unbroadcast(g * below, lo.shape) if lo.requires_grad else None,
             unbroadcast(g * above, hi.shape) if hi.requires_grad else None)
-
-
-# -- Tensor's operators and methods, bound here (tensor.py does not import ops) -------
-def _raw(x):
-    return x.data if isinstance(x, Tensor) else x
-
-
-def _raw_index(index):
-    """Indices may hold integer Tensors: use their arrays."""
-    if isinstance(index, tuple):
-        return tuple(_raw(i) for i in index)
-    return _raw(index)
-
-
-def _axis(axis):
-    return tuple(axis) if isinstance(axis, list) else axis
-
-
-def _dims(args):
-    """f(2, 3) and f((2, 3)) alike."""
-    return tuple(args[0]) if len(args) == 1 and isinstance(args[0], (tuple, list)) else tuple(args)
-
-
-def _mean(self, axis=None, keepdims=False):
-    ax = _axis(axis)
-    n = 1
-    for size, kept in zip(self.shape, _kept_shape(self.shape, ax)):
-        n *= size if kept == 1 else 1     # the sizes of the averaged axes
-    if n == 0:
-        raise ValueError(f"mean: no values to average (a tensor of shape {self.shape}, axis={axis})")
-    return sum(self, axis=ax, keepdims=keepdims) * (1.0 / n)
-
-
-def _var(self, axis=None, keepdims=False):
-    """Biased variance (divides by n), as batch norm uses it."""
-    centred = self - self.mean(axis, keepdims=True)
-    return (centred * centred).mean(axis, keepdims=keepdims)
-
-
-def _transpose(self, *axes):
-    return transpose(self, axes=_dims(axes) or tuple(reversed(range(self.ndim))))
-
-
-def _swapaxes(self, a, b):
-    axes = list(range(self.ndim))
-    axes[a], axes[b] = axes[b], axes[a]
-    return transpose(self, axes=tuple(axes))
-
-
-def _compare(fn):
-    return lambda self, other: Tensor(fn(self.data, _raw(other)))   # no gradient
-
-
-_METHODS = dict(
-    __add__=lambda s, o: add(s, o), __radd__=lambda s, o: add(o, s),
-    __sub__=lambda s, o: sub(s, o), __rsub__=lambda s, o: sub(o, s),
-    __mul__=lambda s, o: mul(s, o), __rmul__=lambda s, o: mul(o, s),
-    __truediv__=lambda s, o: div(s, o), __rtruediv__=lambda s, o: div(o, s),
-    __pow__=lambda s, o: pow(s, o), __rpow__=lambda s, o: pow(o, s),
-    __matmul__=lambda s, o: matmul(s, o), __rmatmul__=lambda s, o: matmul(o, s),
-    __neg__=lambda s: neg(s), __pos__=lambda s: s,
-    __getitem__=lambda s, index: getitem(s, index=_raw_index(index)),
-    __lt__=_compare(lambda a, b: a < b), __le__=_compare(lambda a, b: a <= b),
-    __gt__=_compare(lambda a, b: a > b), __ge__=_compare(lambda a, b: a >= b),
-    __eq__=_compare(lambda a, b: a == b), __ne__=_compare(lambda a, b: a != b),
-    sum=lambda s, axis=None, keepdims=False: sum(s, axis=_axis(axis), keepdims=keepdims),
-    mean=_mean, var=_var,
-    max=lambda s, axis=None, keepdims=False: max(s, axis=_axis(axis), keepdims=keepdims),
-    min=lambda s, axis=None, keepdims=False: -max(-s, axis=_axis(axis), keepdims=keepdims),
-    reshape=lambda s, *shape: reshape(s, shape=_dims(shape)),
-    transpose=_transpose, swapaxes=_swapaxes,
-    broadcast_to=lambda s, shape: broadcast_to(s, shape=tuple(shape)),
-    clip=lambda s, min=None, max=None: clip(s, -float("inf") if min is None else min,
-                                            float("inf") if max is None else max),
-)
-for _op in (exp, log, sqrt, abs, tanh, sigmoid, relu, log1p, expm1, sin, cos):
-    _METHODS[_op.name] = (lambda op: lambda self: op(self))(_op)      # x.exp() -> exp(x)
-for _name, _fn in _METHODS.items():
-    setattr(Tensor, _name, _fn)
-Tensor.__hash__ = object.__hash__        # __eq__ above would otherwise unset it

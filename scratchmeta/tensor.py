@@ -49,48 +49,42 @@ def fast_paths_enabled():
     return _fast_paths[0]
 
 
-class no_grad:
-    """Context manager (and decorator) that stops graph recording."""
-
-    def __enter__(self):
-        self._prev = _grad_enabled[0]
-        _grad_enabled[0] = False
-
-    def __exit__(self, *exc):
-        _grad_enabled[0] = self._prev
-
-    def __call__(self, fn):
-        def wrapped(*args, **kwargs):
-            with no_grad():
-                return fn(*args, **kwargs)
-        wrapped.__name__, wrapped.__doc__ = fn.__name__, fn.__doc__
-        return wrapped
-
-
-class enable_grad(no_grad):
-    """Context manager that turns graph recording back on."""
-
-    def __enter__(self):
-        self._prev = _grad_enabled[0]
-        _grad_enabled[0] = True
-
-
-def is_grad_enabled():
-    return _grad_enabled[0]
-
-
 class _Mode:
-    """Set recording on or off for the duration of a backward pass."""
+    """Recording on or off inside a `with` block (or a decorated function)."""
 
     def __init__(self, on):
         self.on = on
 
     def __enter__(self):
-        self.prev = _grad_enabled[0]
-        _grad_enabled[0] = self.on
+        self.prev, _grad_enabled[0] = _grad_enabled[0], self.on
 
     def __exit__(self, *exc):
         _grad_enabled[0] = self.prev
+
+    def __call__(self, fn):
+        @functools.wraps(fn)
+        def wrapped(*args, **kwargs):
+            with type(self)():
+                return fn(*args, **kwargs)
+        return wrapped
+
+
+class no_grad(_Mode):
+    """Context manager (and decorator) that stops graph recording."""
+
+    def __init__(self):
+        super().__init__(False)
+
+
+class enable_grad(_Mode):
+    """Context manager (and decorator) that turns graph recording back on."""
+
+    def __init__(self):
+        super().__init__(True)
+
+
+def is_grad_enabled():
+    return _grad_enabled[0]
 
 
 def _is_float(dtype):
@@ -112,25 +106,11 @@ class Tensor:
         self._kw = None          # its static arguments (axis, shape, index...)
 
     # -- properties ----------------------------------------------------
-    @property
-    def shape(self):
-        return self.data.shape
-
-    @property
-    def ndim(self):
-        return self.data.ndim
-
-    @property
-    def dtype(self):
-        return self.data.dtype
-
-    @property
-    def is_leaf(self):
-        return self._op is None
-
-    @property
-    def T(self):
-        return self.transpose()
+    shape = property(lambda self: self.data.shape)
+    ndim = property(lambda self: self.data.ndim)
+    dtype = property(lambda self: self.data.dtype)
+    is_leaf = property(lambda self: self._op is None)
+    T = property(lambda self: self.transpose())
 
     @property
     def mT(self):
@@ -197,17 +177,6 @@ class Tensor:
 
     # Operators and array methods (x + y, x.sum(), x.exp(), ...) are bound
     # onto Tensor by ops.py, which defines the primitives they call.
-
-
-def _raw(x):
-    return x.data if isinstance(x, Tensor) else x
-
-
-def _raw_index(index):
-    """Indices may hold integer Tensors: use their arrays."""
-    if isinstance(index, tuple):
-        return tuple(_raw(i) for i in index)
-    return _raw(index)
 
 
 # ---------------------------------------------------------------------------

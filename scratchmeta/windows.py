@@ -92,35 +92,21 @@ def _fold_vjp(g, out, cols, size, stride=1, padding=0, at=-2):
 # (split evenly between ties, as for max); the adjoint of routing is picking.
 # Both are linear in g, with a selection that is locally constant in x, so
 # their derivatives in x and out are zero (None).
-#
-# Each works on x viewed as (..., OH, k, OW*k): the k rows of a window are an
-# axis of their own and each row stays contiguous, so every NumPy loop runs
-# along a whole image row (a loop over an axis of length k would be many
-# times slower); the k columns of a window are then strided views [..., j::k].
-def _rows(x, k, oh, ow):
-    """x cropped to whole windows (floor mode), viewed as (..., OH, k, OW*k)."""
-    return x[..., :oh * k, :ow * k].reshape(x.shape[:-2] + (oh, k, ow * k))
+def _windows(x, k):
+    """x cropped to whole k x k windows (floor mode), viewed as (..., OH, k, OW, k)."""
+    oh, ow = x.shape[-2] // k, x.shape[-1] // k
+    return x[..., :oh * k, :ow * k].reshape(x.shape[:-2] + (oh, k, ow, k))
 
 
-def _window_cols(a, k):
-    """Sum over the last axis's k-long windows: (..., OW*k) -> (..., OW)."""
-    total = a[..., 0::k].copy()
-    for j in range(1, k):
-        total += a[..., j::k]
-    return total
+def _shares(x, out, k, dtype):
+    """(..., OH, k, OW, k): 1/m at each of a window's m maxima, 0 elsewhere."""
+    hits = (_windows(x, k) == out[..., :, None, :, None]).astype(dtype)
+    return hits / hits.sum(axis=(-3, -1), keepdims=True)
 
 
 @primitive
 def pool_max(x, k):
-    oh, ow = x.shape[-2] // k, x.shape[-1] // k
-    rows = _rows(x, k, oh, ow)
-    m = rows[..., 0, :]
-    for i in range(1, k):
-        m = xp.maximum(m, rows[..., i, :])                           # max over a window's rows
-    out = m[..., 0::k].copy()
-    for j in range(1, k):
-        xp.maximum(out, m[..., j::k], out=out)                        # then over its columns
-    return out
+    return _windows(x, k).max(axis=(-3, -1))                           # (..., OH, OW)
 
 
 @pool_max.vjp
@@ -128,28 +114,14 @@ def _pool_max_vjp(g, out, x, k):
     return (pool_route(g, x, out, k=k),)
 
 
-def _shares(x, out, k):
-    """(..., OH, k, OW*k): 1 at each window's maximum, 1/m for an m-way tie, else 0."""
-    oh, ow = out.shape[-2:]
-    hits = _rows(x, k, oh, ow) == xp.repeat(out, k, axis=-1)[..., :, None, :]
-    if int(xp.count_nonzero(hits)) == out.size:        # one maximum in every window: no ties
-        return hits
-    count = _window_cols(hits.sum(axis=-2, dtype=xp.int8), k)          # maxima per window
-    # in x's dtype: bool / int8 would give float64 and promote a float32 backward pass
-    return hits.astype(x.dtype) / xp.repeat(count, k, axis=-1)[..., :, None, :]
-
-
 @primitive
 def pool_route(g, x, out, k):
     """g (..., OH, OW) placed at each window's maximum of x; zeros elsewhere."""
+    routed = _shares(x, out, k, g.dtype) * g[..., :, None, :, None]
     oh, ow = out.shape[-2:]
-    routed = _shares(x, out, k) * xp.repeat(g, k, axis=-1)[..., :, None, :]
-    routed = routed.reshape(routed.shape[:-3] + (oh * k, ow * k))
-    if routed.shape != x.shape:                     # rows and columns cropped off the edge
-        full = xp.zeros(routed.shape[:-2] + x.shape[-2:], dtype=routed.dtype)
-        full[..., :oh * k, :ow * k] = routed
-        routed = full
-    return routed
+    full = xp.zeros(g.shape[:-2] + x.shape[-2:], dtype=g.dtype)       # rows cropped off stay 0
+    full[..., :oh * k, :ow * k] = routed.reshape(g.shape[:-2] + (oh * k, ow * k))
+    return full
 
 
 @pool_route.vjp
@@ -160,9 +132,7 @@ def _pool_route_vjp(g, out, g_in, x, pooled, k):
 @primitive
 def pool_pick(gx, x, out, k):
     """The adjoint of pool_route: each window's (tie-shared) value at its maximum."""
-    oh, ow = out.shape[-2:]
-    picked = (_rows(gx, k, oh, ow) * _shares(x, out, k)).sum(axis=-2)   # (..., OH, OW*k)
-    return _window_cols(picked, k)
+    return (_windows(gx, k) * _shares(x, out, k, gx.dtype)).sum(axis=(-3, -1))
 
 
 @pool_pick.vjp

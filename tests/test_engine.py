@@ -446,3 +446,69 @@ def test_no_import_circle_in_the_engine():
                                         "scratchmeta/tasks are being removed separately")
 def test_no_import_circle_anywhere_in_the_package():
     assert _circles(_import_graph()) == []
+
+
+# ---------------------------------------------------------------------------
+# edge cases: bad data, empty means, mixed dtypes
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("data", ["abc", None, np.array([1, "a"], dtype=object),
+                                  {"a": 1}])
+def test_tensor_of_non_numbers_is_a_clear_type_error(data):
+    with pytest.raises(TypeError, match=r"tensor\(\): expected numbers"):
+        sm.tensor(data)
+
+
+def test_as_tensor_of_an_object_array_is_a_clear_type_error():
+    with pytest.raises(TypeError, match=r"as_tensor\(\): expected numbers .* dtype object"):
+        sm.tensor([1.0]) + np.array([None], dtype=object)
+
+
+@pytest.mark.parametrize("shape,axis", [((0,), None), ((0, 3), 0), ((2, 0), None), ((2, 0), 1)])
+def test_mean_of_nothing_is_a_clear_error(shape, axis):
+    with pytest.raises(ValueError, match=r"^mean: no values to average"):
+        sm.tensor(np.zeros(shape)).mean(axis=axis)
+
+
+def test_mean_over_a_non_empty_axis_of_an_empty_tensor_is_empty():
+    assert sm.tensor(np.zeros((0, 3))).mean(axis=1).shape == (0,)
+
+
+@pytest.mark.parametrize("fast_on", [False, True])
+def test_each_leaf_gets_a_gradient_of_its_own_dtype(fast_on):
+    sm.use_fast_paths(fast_on)
+    a = sm.tensor(np.array([1.0, 2.0], dtype=np.float32), requires_grad=True)
+    b = sm.tensor(np.array([3.0, 4.0]), requires_grad=True)
+    y = (a * b).sum()
+    assert y.dtype == np.float64
+    ga, gb = sm.grad(y, [a, b])
+    assert ga.dtype == np.float32 and gb.dtype == np.float64
+    np.testing.assert_array_equal(ga.numpy(), [3.0, 4.0])
+    (a * b).sum().backward()
+    assert a.grad.dtype == np.float32
+    (ga2,) = sm.grad(sm.grad((a * b * b).sum(), [a], create_graph=True)[0].sum(), [b])
+    assert ga2.dtype == np.float64
+
+
+def test_mse_loss_refuses_shapes_that_would_broadcast_silently():
+    with pytest.raises(ValueError, match=r"^mse_loss: shapes \(3, 1\) \(prediction\) and \(3,\) \(target\)"):
+        sm.functional.mse_loss(sm.tensor(np.zeros((3, 1))), sm.tensor(np.zeros(3)))
+    assert sm.functional.mse_loss(sm.tensor(np.ones((3, 1))), 1.0).item() == 0.0
+
+
+def test_engine_md_tables_name_functions_and_tests_that_exist():
+    """Every `module.function` and `tests/file.py::test` named in docs/engine.md exists."""
+    import importlib
+    root = pathlib.Path(__file__).resolve().parent.parent
+    text = (root / "docs" / "engine.md").read_text()
+    rows = [line for line in text.splitlines() if line.startswith("|")]
+    named = set(re.findall(r"`((?:ops|windows|normalization|activations|functional|transformer|"
+                           r"tensor|methods)\.[A-Za-z_]+)`", "\n".join(rows)))
+    assert len(named) >= 8
+    for dotted in named:
+        module, name = dotted.split(".")
+        assert hasattr(importlib.import_module(f"scratchmeta.{module}"), name), dotted
+    tests = set(re.findall(r"`?(tests/test_\w+\.py)::(\w+)`?", text))
+    assert len(tests) >= 6
+    for path, name in tests:
+        assert re.search(rf"^(def {name}\(|{name} = )", (root / path).read_text(), flags=re.M), \
+            f"{path}::{name}"

@@ -19,8 +19,9 @@ from scratchmeta.fast import windows as fast_windows
 from strict_xp import namespace as strict
 
 from test_fast_float32 import ENTRY_TABLE as FLOAT32_ENTRY_TABLE
-from test_functional import axis_shapes, cnhw_norm_shapes, conv_shapes, norm_shapes, task_norm_shapes
-from test_ops import Spec, device, examples, unary
+from test_functional import (axis_shapes, cnhw_norm_shapes, conv_shapes, linear_shapes,
+                             norm_shapes, pool_shapes, task_norm_shapes)
+from test_ops import Spec, device, examples, matmul_shapes, unary
 
 F = sm.functional
 
@@ -87,8 +88,14 @@ ENTRY_TABLE = {
                    Spec("layer_norm", _layer_norm, norm_shapes(batch=False),
                         domains=("distinct", "real", "real"))],
     "gelu": [Spec("gelu", F.gelu, unary())],
+    "matmul": [Spec("matmul", lambda a, b: a @ b, matmul_shapes()),
+               Spec("linear_batch", F.linear, linear_shapes())],
+    "pool_max": [Spec("max_pool2d", F.max_pool2d, pool_shapes(2, None), domains="distinct"),
+                 Spec("max_pool2d_k3", F.max_pool2d, pool_shapes(3, None), domains="distinct")],
     "softmax": [Spec("softmax", lambda x, axis: F.softmax(x, axis=axis), axis_shapes())],
 }
+# pool_max's VJP is pool_route, whose VJP is pool_pick: the pooling rows reach all three
+ENTRY_TABLE["pool_route"] = ENTRY_TABLE["pool_pick"] = []
 for _name, _rows in FLOAT32_ENTRY_TABLE.items():     # the entries added for float32 speed
     ENTRY_TABLE.setdefault(_name, []).extend(_rows)
 ROWS = [spec for rows in ENTRY_TABLE.values() for spec in rows]
@@ -96,6 +103,11 @@ ROWS = [spec for rows in ENTRY_TABLE.values() for spec in rows]
 
 def test_every_overlay_entry_has_rows():
     assert {e.name for e in fast.ENTRIES} == set(ENTRY_TABLE)
+    # the pooling rows reach pool_route and pool_pick through their derivatives
+    from test_ops import _primitives_in_graphs
+    row = Spec("max_pool2d", F.max_pool2d, None, domains="distinct",
+               example=([(1, 2, 4, 5)], {"kernel_size": 2}))
+    assert {"pool_max", "pool_route", "pool_pick"} <= _primitives_in_graphs(row)
     for e in fast.ENTRIES:
         assert e.why, f"overlay entry {e.name} does not say why it is faster"
 

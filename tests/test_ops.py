@@ -525,3 +525,79 @@ def test_sigmoid_is_stable_for_large_inputs():
     (g,) = sm.grad(y.sum(), x)
     assert np.all(np.isfinite(y.numpy())) and np.all(np.isfinite(g.numpy()))
     np.testing.assert_allclose(y.numpy()[[0, 2, 4]], [0.0, 0.5, 1.0])
+
+
+# ---------------------------------------------------------------------------
+# x ** n at x = 0: every derivative exact (the zero exponent masked, as PyTorch does)
+# ---------------------------------------------------------------------------
+def _falling(n, k):
+    """n (n - 1) ... (n - k + 1): the k-th derivative of x^n is this times x^(n - k)."""
+    out = 1.0
+    for i in range(k):
+        out *= n - i
+    return out
+
+
+@pytest.mark.filterwarnings("ignore:divide by zero encountered in power:RuntimeWarning")
+@pytest.mark.parametrize("fast_on", [False, True])
+@pytest.mark.parametrize("n", [1, 2, 3, 2.0, 3.0, 2.5])
+def test_derivatives_of_x_to_the_n_at_zero_are_exact(n, fast_on):
+    """d^k/dx^k x^n at x = 0 for k = 1 .. floor(n) + 2: n! at k = n (integer n),
+    0 elsewhere; before the fix the order n + 1 was 0 * inf = NaN."""
+    sm.use_fast_paths(fast_on)
+    x = sm.tensor([0.0, 0.5], requires_grad=True)
+    y = (x ** n).sum()
+    for k in range(1, int(n) + 3):
+        (y,) = sm.grad(y, x, create_graph=True)
+        at0, at_half = y.numpy()
+        expect0 = _falling(n, k) if k == n else 0.0     # x^(n-k) at 0: 1 if k == n, 0 if k < n
+        if k > n and n != int(n):                        # a fractional power's k > n: x^(negative) at 0
+            assert not np.isfinite(at0)
+        else:
+            assert at0 == expect0, (n, k, at0)
+        np.testing.assert_allclose(at_half, _falling(n, k) * 0.5 ** (n - k), rtol=1e-12)
+        y = y.sum()
+
+
+def test_relu_squared_has_exact_derivatives_where_clipped():
+    x = sm.tensor([-1.0, 0.0, 2.0], requires_grad=True)
+    (g,) = sm.grad((x.relu() ** 2).sum(), x, create_graph=True)
+    (h,) = sm.grad(g.sum(), x, create_graph=True)
+    (t,) = sm.grad(h.sum(), x)
+    np.testing.assert_array_equal(g.numpy(), [0.0, 0.0, 4.0])
+    np.testing.assert_array_equal(h.numpy(), [0.0, 0.0, 2.0])
+    np.testing.assert_array_equal(t.numpy(), [0.0, 0.0, 0.0])
+
+
+# ---------------------------------------------------------------------------
+# the new elementwise primitives: methods and functions as PyTorch names them
+# ---------------------------------------------------------------------------
+def test_new_primitives_have_pytorch_names():
+    x = sm.tensor([-30.0, -1.0, 0.0, 0.5, 40.0])
+    np.testing.assert_allclose(F.softplus(x).numpy(), np.logaddexp(0, x.numpy()), rtol=1e-15)
+    for name in ("sin", "cos", "log1p", "expm1"):
+        arg = x.abs() if name == "log1p" else x
+        np.testing.assert_allclose(getattr(arg, name)().numpy(), getattr(np, name)(arg.numpy()))
+        np.testing.assert_allclose(getattr(sm, name)(arg).numpy(), getattr(np, name)(arg.numpy()))
+    np.testing.assert_array_equal(x.clip(-1.0, 1.0).numpy(), np.clip(x.numpy(), -1, 1))
+    np.testing.assert_array_equal(x.clip(min=0.0).numpy(), np.maximum(x.numpy(), 0))
+    np.testing.assert_array_equal(x.clip(max=0.0).numpy(), np.minimum(x.numpy(), 0))
+    np.testing.assert_array_equal(sm.maximum(x, 0.0).numpy(), np.maximum(x.numpy(), 0))
+    np.testing.assert_array_equal(sm.minimum(x, 0.0).numpy(), np.minimum(x.numpy(), 0))
+    np.testing.assert_array_equal(sm.where(x > 0, x, 0.0).numpy(), np.where(x.numpy() > 0, x.numpy(), 0))
+
+
+def test_maximum_minimum_and_clip_split_ties_and_include_the_bounds():
+    """torch.maximum gives half the gradient to each input on a tie; torch.clamp
+    passes the gradient to x at a bound, none to the bound."""
+    x = sm.tensor([1.0, 2.0, 3.0], requires_grad=True)
+    y = sm.tensor([2.0, 2.0, 2.0], requires_grad=True)
+    gx, gy = sm.grad(sm.maximum(x, y).sum(), [x, y])
+    np.testing.assert_array_equal(gx.numpy(), [0.0, 0.5, 1.0])
+    np.testing.assert_array_equal(gy.numpy(), [1.0, 0.5, 0.0])
+    gx, gy = sm.grad(sm.minimum(x, y).sum(), [x, y])
+    np.testing.assert_array_equal(gx.numpy(), [1.0, 0.5, 0.0])
+    lo, hi = sm.tensor(2.0, requires_grad=True), sm.tensor(2.5, requires_grad=True)
+    gx, glo, ghi = sm.grad(sm.clip(x, lo, hi).sum(), [x, lo, hi])
+    np.testing.assert_array_equal(gx.numpy(), [0.0, 1.0, 0.0])
+    assert glo.item() == 1.0 and ghi.item() == 1.0
