@@ -33,6 +33,8 @@ def build_runners(problem, impls):
     """name -> Runner; an implementation that fails to build is skipped with its error."""
     runners = {}
     for name, module in impls.items():
+        if not hasattr(module, problem.kind):
+            continue                            # not written for this workload
         try:
             runners[name] = getattr(module, problem.kind)(problem)
         except Exception as e:  # a peer's failure must not hide the others' numbers
@@ -99,14 +101,14 @@ def summarize(times, reference="torch_loop"):
 def print_table(title, stats, memory=None):
     """One workload's table; `memory` (name -> MiB) adds a column when given."""
     print(f"\n{title}")
-    header = f"  {'implementation':<14} {'median ms':>11} {'IQR ms':>9} {'x torch_loop':>13}"
+    header = f"  {'implementation':<17} {'median ms':>11} {'IQR ms':>9} {'x torch_loop':>13}"
     if memory is not None:
         header += f" {'peak MiB':>9}"
     print(header)
     print("  " + "-" * (len(header) - 2))
     for name, s in sorted(stats.items(), key=lambda kv: kv[1]["median_ms"]):
         ratio = f"{s['ratio']:.2f}" if s["ratio"] is not None else "-"
-        line = f"  {name:<14} {s['median_ms']:>11.2f} {s['iqr_ms']:>9.2f} {ratio:>13}"
+        line = f"  {name:<17} {s['median_ms']:>11.2f} {s['iqr_ms']:>9.2f} {ratio:>13}"
         if memory is not None:
             mib = memory.get(name)
             line += f" {mib:>9.1f}" if mib is not None else f" {'-':>9}"

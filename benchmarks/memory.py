@@ -17,6 +17,8 @@ import resource
 import subprocess
 import sys
 
+import numpy as np
+
 import harness
 import workloads
 
@@ -70,14 +72,13 @@ def child(workload, impl, dtype):
                                  step_mib=after_steps - after_setup)), flush=True)
 
 
-def measure(workload, impls, args):
+def measure(workload, impls, args, dtype):
     """impl -> extra peak MiB of `STEPS` steps over setup (None if the child failed)."""
     script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "run.py")
     out = {}
     for impl in impls:
-        cmd = [sys.executable, script, "--memory-child", workload, impl, "--backend", args.backend]
-        if args.float32:
-            cmd.append("--float32")
+        cmd = [sys.executable, script, "--memory-child", workload, impl, "--backend", args.backend,
+               "--dtype", np.dtype(dtype).name]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(_TAG)]
         if proc.returncode != 0 or not lines:

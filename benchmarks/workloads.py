@@ -18,6 +18,12 @@ maml_conv4     5-way 1-shot MAML meta-gradient of a Conv4 on 28x28 images
 protonet       a 5-way 1-shot Prototypical Networks episode (arXiv:1703.05175,
                Eq. 1 prototypes, Eq. 2 distance softmax): gradient of the
                query cross-entropy w.r.t. all Conv4 parameters
+maml_conv4_api the same meta-gradient written as a user writes it with the public
+               API: a Python loop over tasks, F.conv2d / F.batch_norm /
+               F.max_pool2d / F.cross_entropy and sm.grad(create_graph=True)
+protonet_omniglot  one ProtoNet training step of the Omniglot recipe (Conv4-64,
+               20-way 1-shot, 5 queries a class, 28x28): sample an episode from
+               an image pool, embed, loss, gradient and one Adam step
 icl_transformer  one training step of in-context linear regression (Garg et
                al. 2022, arXiv:2208.01066v3, Sec. 3): loss and gradient of a
                GPT-2-style pre-norm decoder w.r.t. all its parameters, on a
@@ -213,6 +219,37 @@ def _protonet(name, dtype, n_tasks=None, inner_steps=None):
         hyper=dict(n_way=5, k_shot=1))
 
 
+def _maml_conv4_api(name, dtype, n_tasks=4, inner_steps=1):
+    """maml_conv4's problem, for the loop a user writes with the public API."""
+    problem = _maml_conv4(name, dtype, n_tasks=n_tasks, inner_steps=inner_steps)
+    problem.kind = "maml_conv4_api"
+    return problem
+
+
+def image_pool(rng, n_classes=100, per_class=20, size=28, dtype=np.float32):
+    """A labelled image pool standing in for Omniglot's training alphabets (no download):
+    each class a random stroke-like template (sparse ink on 0), its images the template
+    plus noise. images (n_classes * per_class, 1, size, size) in [0, 1], labels (n,)."""
+    templates = (rng.random((n_classes, 1, size, size)) < 0.15).astype(np.float64)
+    labels = np.repeat(np.arange(n_classes), per_class)
+    noise = rng.random((len(labels), 1, size, size))
+    images = np.clip(0.8 * templates[labels] + 0.2 * noise, 0.0, 1.0)
+    return images.astype(dtype), labels.astype(np.int64)
+
+
+def _protonet_omniglot(name, dtype, n_tasks=None, inner_steps=None):
+    """Snell et al.'s Omniglot recipe at 20 ways (the issue's timing recipe): one episode
+    a step, 20-way 1-shot, 5 queries a class, Adam at 1e-3. Every implementation samples
+    with scratchmeta's EpisodeSampler (seeded alike), so all see the same episodes."""
+    rng = np.random.default_rng(SEED)
+    images, labels = image_pool(rng, dtype=dtype)
+    return Problem(
+        name=name, kind="protonet_omniglot",
+        params=conv4_params(rng, head=False, dtype=dtype),
+        data=dict(images=images, labels=labels),
+        hyper=dict(n_way=20, k_shot=1, n_query=5, lr=1e-3, sampler_seed=SEED))
+
+
 def _icl_transformer(name, dtype, n_tasks=64, inner_steps=None):
     """The configuration of docs/icl.md (icl.default_config): d = 5, 15 points a prompt
     (30 tokens, max_len 30), width 32, 3 pre-norm blocks, 4 heads, learned
@@ -228,26 +265,42 @@ def _icl_transformer(name, dtype, n_tasks=64, inner_steps=None):
                    positions="learned", mlp_ratio=4))
 
 
-# name -> (builder, one-line description, default timed repeats)
+# name -> (builder, one-line description, default timed repeats, default dtype):
+# float64 for the sinusoid regression (the paper's), float32 for the image and
+# transformer workloads (what their training configs use)
 WORKLOADS = OrderedDict([
     ("maml_sine_2nd", (lambda n, d, **kw: _maml_sine(n, False, d, **kw),
-                       "MAML sinusoid, MLP 1-40-40-1, 25 tasks, 10+10 pts, 1 step, 2nd order", 40)),
+                       "MAML sinusoid, MLP 1-40-40-1, 25 tasks, 10+10 pts, 1 step, 2nd order", 40,
+                       "float64")),
     ("maml_sine_1st", (lambda n, d, **kw: _maml_sine(n, True, d, **kw),
-                       "MAML sinusoid, same, first order (FOMAML)", 40)),
+                       "MAML sinusoid, same, first order (FOMAML)", 40, "float64")),
     ("reptile_sine", (_reptile_sine,
-                      "Reptile outer direction, sinusoid, 25 tasks, k=5 SGD steps", 30)),
+                      "Reptile outer direction, sinusoid, 25 tasks, k=5 SGD steps", 30, "float64")),
     ("maml_conv4", (_maml_conv4,
-                    "MAML Conv4 5-way 1-shot 28x28, meta-batch 4, 15 queries/class, 2nd order", 3)),
+                    "MAML Conv4 5-way 1-shot 28x28, meta-batch 4, 15 queries/class, 2nd order", 5,
+                    "float32")),
+    ("maml_conv4_api", (_maml_conv4_api,
+                        "the same, a user's public-API loop over tasks (F.conv2d, F.batch_norm, "
+                        "sm.grad(create_graph=True))", 5, "float32")),
     ("protonet", (_protonet,
-                  "ProtoNet Conv4 5-way 1-shot episode, 15 queries/class", 7)),
+                  "ProtoNet Conv4 5-way 1-shot episode, 15 queries/class", 9, "float32")),
+    ("protonet_omniglot", (_protonet_omniglot,
+                           "ProtoNet Omniglot training step: Conv4-64, 20-way 1-shot, 5 queries, "
+                           "sampling + Adam", 9, "float32")),
     ("icl_transformer", (_icl_transformer,
                          "ICL transformer training step: d=5, 15 pts, width 32, 3 layers, "
-                         "4 heads, batch 64", 20)),
+                         "4 heads, batch 64", 20, "float32")),
 ])
 
 
-def make(name, dtype=np.float64, **overrides):
-    """Build workload `name`; overrides: n_tasks=..., inner_steps=... (for scaling runs)."""
+def default_dtype(name):
+    """The dtype workload `name` is measured in unless told otherwise."""
+    return np.dtype(WORKLOADS[name][3])
+
+
+def make(name, dtype=None, **overrides):
+    """Build workload `name` in `dtype` (None: its default_dtype); overrides:
+    n_tasks=..., inner_steps=... (for scaling runs)."""
     builder = WORKLOADS[name][0]
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    return builder(name, np.dtype(dtype), **overrides)
+    return builder(name, np.dtype(dtype) if dtype is not None else default_dtype(name), **overrides)

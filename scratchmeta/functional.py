@@ -57,6 +57,7 @@ def log_softmax(x, axis=-1):
     return x - logsumexp(x, axis=axis, keepdims=True)
 
 
+@composite    # the speed overlay fuses the mask into the primitive (scratchmeta/fast/attention.py)
 def softmax(x, axis=-1, mask=None):
     """exp(x_i - m) / sum_j exp(x_j - m) with m the max: one primitive
     (activations.py), whose VJP is s * (g - sum(g * s)).

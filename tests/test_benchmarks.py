@@ -81,3 +81,80 @@ def test_icl_check_catches_the_erf_gelu():
     with pytest.raises(harness.Disagreement):
         harness.check_agreement(p, {"torch_loop": tanh_form, "erf": erf_form},
                                 *harness.tolerances(np.float64))
+
+
+# ------------------------------------------------ every workload, every peer
+
+def _agree(problem, names, dtype=np.float64):
+    """Run one step of each available implementation in `names`; check them against torch_loop."""
+    impls = harness.load_impls(names, verbose=False)
+    runners = harness.build_runners(problem, impls)
+    assert "torch_loop" in runners and "scratchmeta" in runners, sorted(runners)
+    for runner in runners.values():
+        runner.step()
+    results = {name: runner.result() for name, runner in runners.items()}
+    assert harness.check_agreement(problem, results, *harness.tolerances(dtype)) == "torch_loop"
+    return results
+
+
+def test_default_dtypes_float64_for_the_sinusoid_float32_for_images_and_the_transformer():
+    for name in workloads.WORKLOADS:
+        expected = np.float64 if name.endswith("_sine") or "_sine_" in name else np.float32
+        assert workloads.default_dtype(name) == expected, name
+        assert workloads.make(name).dtype == expected, name
+    assert workloads.make("protonet", np.float64).dtype == np.float64
+
+
+@pytest.mark.parametrize("name", ["maml_sine_2nd", "maml_sine_1st", "reptile_sine"])
+def test_sinusoid_workloads_agree_across_every_peer(name):
+    pytest.importorskip("torch", reason="torch_loop is the reference")
+    results = _agree(workloads.make(name, np.float64, n_tasks=5), list(peers.MODULES))
+    assert all(np.abs(g).max() > 0 for g in results["torch_loop"].values())
+
+
+@pytest.mark.parametrize("name", [pytest.param("maml_conv4", marks=pytest.mark.slow),
+                                  "maml_conv4_api", "protonet"])
+def test_image_workloads_agree_with_the_pytorch_loop(name):
+    """scratchmeta (fast paths on and off) against the PyTorch loop, float64, one task."""
+    pytest.importorskip("torch", reason="torch_loop is the reference")
+    problem = workloads.make(name, np.float64, n_tasks=1)
+    results = _agree(problem, ["torch_loop", "scratchmeta", "scratchmeta_plain"])
+    ref = results["torch_loop"]
+    assert set(k.split(".")[0] for k in problem.params) <= set(k.split(".")[0] for k in ref)
+    for k in problem.params:
+        assert np.abs(ref[k]).max() > 0, k
+
+
+@pytest.mark.slow
+def test_public_api_loop_agrees_in_float32():
+    """The default dtype: float32 agreement (rtol 1e-3) of the user's loop and PyTorch's."""
+    pytest.importorskip("torch", reason="torch_loop is the reference")
+    problem = workloads.make("maml_conv4_api", n_tasks=1)
+    assert problem.dtype == np.float32
+    _agree(problem, ["torch_loop", "scratchmeta"], np.float32)
+
+
+def test_omniglot_step_samples_the_same_episodes_and_takes_adams_step():
+    """Both sides draw their episode from the same seeded sampler and apply Adam (float64)."""
+    pytest.importorskip("torch", reason="torch_loop is the reference")
+    problem = workloads.make("protonet_omniglot", np.float64)
+    assert problem.hyper["n_way"] == 20 and problem.hyper["n_query"] == 5
+    results = _agree(problem, ["torch_loop", "scratchmeta"])
+    ref = results["torch_loop"]
+    for k, theta in problem.params.items():
+        step = ref[f"adam.{k}"] - theta
+        # Adam's first step moves each weight by lr * g / (|g| + eps): about lr where g is not tiny
+        big = np.abs(ref[k]) > 1e-6
+        np.testing.assert_allclose(np.abs(step[big]), problem.hyper["lr"], rtol=1e-2)
+    # a wrong episode gives a different loss: the check compares the loss itself
+    other = dict(results["scratchmeta"], loss=ref["loss"] * 1.01)
+    with pytest.raises(harness.Disagreement):
+        harness.check_agreement(problem, {"torch_loop": ref, "x": other},
+                                *harness.tolerances(np.float64))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["maml_conv4", "protonet"])
+def test_image_workloads_agree_across_every_peer(name):
+    pytest.importorskip("torch", reason="torch_loop is the reference")
+    _agree(workloads.make(name, np.float64, n_tasks=2), list(peers.MODULES))

@@ -18,6 +18,7 @@ from scratchmeta import backend, fast, windows
 from scratchmeta.fast import windows as fast_windows
 from strict_xp import namespace as strict
 
+from test_fast_float32 import ENTRY_TABLE as FLOAT32_ENTRY_TABLE
 from test_functional import (axis_shapes, cnhw_norm_shapes, conv_shapes, linear_shapes,
                              norm_shapes, pool_shapes, task_norm_shapes)
 from test_ops import Spec, device, examples, matmul_shapes, unary
@@ -95,6 +96,8 @@ ENTRY_TABLE = {
 }
 # pool_max's VJP is pool_route, whose VJP is pool_pick: the pooling rows reach all three
 ENTRY_TABLE["pool_route"] = ENTRY_TABLE["pool_pick"] = []
+for _name, _rows in FLOAT32_ENTRY_TABLE.items():     # the entries added for float32 speed
+    ENTRY_TABLE.setdefault(_name, []).extend(_rows)
 ROWS = [spec for rows in ENTRY_TABLE.values() for spec in rows]
 
 

@@ -9,6 +9,10 @@ Each module exposes:
     maml_conv4(problem)        -> Runner
     protonet(problem)          -> Runner
     icl_transformer(problem)   -> Runner
+    maml_conv4_api(problem)    -> Runner   (torch_loop and scratchmeta only)
+    protonet_omniglot(problem) -> Runner   (torch_loop and scratchmeta only)
+
+A module without a workload's function is left out of that workload's table.
 
 A `Runner` holds `step()`, one timed call that computes the result and waits
 for it (block_until_ready / device synchronize), and `result()`, the last
@@ -23,6 +27,7 @@ from typing import Callable, NamedTuple
 MODULES = OrderedDict([
     ("torch_loop", "peers.torch_loop"),
     ("scratchmeta", "peers.scratchmeta_impl"),
+    ("scratchmeta_plain", "peers.scratchmeta_plain"),
     ("torch_func", "peers.torch_func"),
     ("jax", "peers.jax_impl"),
     ("autograd", "peers.autograd_impl"),

@@ -11,6 +11,15 @@ transformer.Transformer). Parameters arrive in PyTorch's names and are
 renamed to the library's (fc1.weight -> w0, conv1.weight -> conv0.w,
 bn1.weight -> bn0.w, head.weight -> head.w); the transformer's already
 carry the library's names.
+
+Two workloads are written as a user writes them rather than through the
+library's learners: maml_conv4_api (a Python loop over tasks with F.conv2d,
+F.batch_norm, F.max_pool2d, F.cross_entropy and sm.grad(create_graph=True))
+and protonet_omniglot (EpisodeSampler -> ProtoNet.meta_step -> optim.Adam,
+the training loop's step).
+
+Each step runs with scratchmeta's fast paths switched on (this module) or off
+(peers/scratchmeta_plain.py, the same code), so one run shows both.
 """
 
 import numpy as np
@@ -98,7 +107,7 @@ def _mlp(theta):
 
 # -------------------------------------------------------------- workloads
 
-def maml_sine(problem):
+def _maml_sine(problem):
     """algorithms.maml.meta_gradient on an nn.MLP, 25 tasks batched."""
     from scratchmeta.algorithms import maml
     h = problem.hyper
@@ -113,7 +122,7 @@ def maml_sine(problem):
     return Runner(step, lambda: _back(out["grads"], problem))
 
 
-def reptile_sine(problem):
+def _reptile_sine(problem):
     """algorithms.reptile.reptile_direction (Nichol et al. 2018, Algorithm 1), tasks batched.
 
     The library returns theta - mean_t(phi_t), the direction an outer SGD step
@@ -133,7 +142,7 @@ def reptile_sine(problem):
     return Runner(step, lambda: _back(out["direction"], problem))
 
 
-def maml_conv4(problem):
+def _maml_conv4(problem):
     """algorithms.maml.meta_gradient on nn.Conv4: the tasks batched through batched convolution."""
     from scratchmeta.algorithms import maml
     from scratchmeta.nn import Conv4
@@ -151,7 +160,7 @@ def maml_conv4(problem):
     return Runner(step, lambda: _back(out["grads"], problem))
 
 
-def protonet(problem):
+def _protonet(problem):
     """One ProtoNet episode (Snell et al. 2017, Eq. 1 prototypes, Eq. 2 distance softmax).
 
     nn.Conv4 embeds support and query in one batch (one set of batch-norm
@@ -180,7 +189,7 @@ def protonet(problem):
     return Runner(step, lambda: _back(out["grads"], problem))
 
 
-def icl_transformer(problem):
+def _icl_transformer(problem):
     """One training step of algorithms.icl (Garg et al. 2022): InContextLearner.meta_step.
 
     The learner builds the tokens (icl.prompt_tokens), runs its
@@ -210,3 +219,112 @@ def icl_transformer(problem):
         backend.synchronize()
 
     return Runner(step, lambda: _numpy({"loss": out["loss"], **out["grads"]}))
+
+
+def _conv4_api(p, x):
+    """Conv4 with the public functional API; p uses the benchmark's PyTorch names."""
+    for i in range(1, 5):
+        x = F.conv2d(x, p[f"conv{i}.weight"], p[f"conv{i}.bias"], padding=1)
+        x = F.batch_norm(x, p[f"bn{i}.weight"], p[f"bn{i}.bias"], eps=1e-5)   # batch statistics
+        x = F.max_pool2d(x.relu(), 2)
+    x = x.reshape(x.shape[0], -1)                                             # (N, 64)
+    return F.linear(x, p["head.weight"], p["head.bias"])
+
+
+def _maml_conv4_api(problem):
+    """Second-order MAML (Finn et al. 2017, Eq. 1 inside) as a user's loop over tasks."""
+    h, d = problem.hyper, problem.data
+    theta = {k: _tensor(v, requires_grad=True) for k, v in problem.params.items()}
+    tasks = [tuple(_tensor(d[key][t]) if key.endswith("_x") else _labels(d[key][t])
+                   for key in ("support_x", "support_y", "query_x", "query_y"))
+             for t in range(d["support_x"].shape[0])]
+    out = {}
+
+    def step():
+        total = 0
+        for support_x, support_y, query_x, query_y in tasks:
+            phi = theta
+            for _ in range(h["inner_steps"]):
+                loss = F.cross_entropy(_conv4_api(phi, support_x), support_y)
+                grads = sm.grad(loss, list(phi.values()), create_graph=True)
+                phi = {k: w - h["alpha"] * g for (k, w), g in zip(phi.items(), grads)}
+            total = total + F.cross_entropy(_conv4_api(phi, query_x), query_y)
+        grads = sm.grad(total / len(tasks), list(theta.values()))
+        out["grads"] = dict(zip(theta, grads))
+        backend.synchronize()
+
+    return Runner(step, lambda: _numpy(out["grads"]))
+
+
+def _protonet_omniglot(problem):
+    """One training step as scratchmeta's training loop takes it (train.meta_train):
+    an episode from tasks.EpisodeSampler, ProtoNet.meta_step on nn.Conv4, optim.Adam.
+
+    result(): the first step's loss, gradient and (float64 only) updated parameters.
+    """
+    from scratchmeta.algorithms.protonet import ProtoNet
+    from scratchmeta.nn import Conv4
+    from scratchmeta.optim import Adam
+    from scratchmeta.tasks.episodes import EpisodeSampler
+    h, d = problem.hyper, problem.data
+    sampler = EpisodeSampler(d["images"], d["labels"], np.unique(d["labels"]), h["n_way"],
+                             h["k_shot"], h["n_query"], seed=h["sampler_seed"],
+                             dtype=problem.dtype.name)
+    theta = _theta(problem)
+    learner = ProtoNet(Conv4(in_channels=d["images"].shape[1], hidden=theta["conv0.w"].shape[0],
+                             n_classes=None, image_size=d["images"].shape[-1]))
+    optimizer = Adam(lr=h["lr"])
+    state, first = {"theta": theta}, {}
+
+    def step():
+        loss, grads, _ = learner.meta_step(state["theta"], sampler.sample(1))
+        state["theta"] = optimizer.step(state["theta"], grads)
+        if not first:
+            first.update(loss=loss, grads=grads, theta=state["theta"])
+        backend.synchronize()
+
+    def result():
+        res = {"loss": np.float64(first["loss"].item())}
+        res.update(_back(first["grads"], problem))
+        if problem.dtype == np.float64:
+            res.update({f"adam.{k}": v for k, v in _back(first["theta"], problem).items()})
+        return res
+
+    return Runner(step, result)
+
+
+# ------------------------------------------------ fast paths on / off
+
+KINDS = ("maml_sine", "reptile_sine", "maml_conv4", "maml_conv4_api", "protonet",
+         "protonet_omniglot", "icl_transformer")
+
+
+def switched(build, fast):
+    """build(problem) -> Runner, with every step run under sm.use_fast_paths(fast).
+
+    An engine without the switch runs as it is (the overlay did not exist yet).
+    """
+    def workload(problem):
+        runner = build(problem)
+        if not hasattr(sm, "use_fast_paths"):
+            return runner
+
+        def step():
+            previous = sm.use_fast_paths(fast)
+            try:
+                runner.step()
+            finally:
+                sm.use_fast_paths(previous)
+
+        return Runner(step, runner.result)
+
+    workload.__doc__ = build.__doc__
+    return workload
+
+
+def workloads(fast):
+    """kind -> workload function, with the fast paths on or off."""
+    return {kind: switched(globals()["_" + kind], fast) for kind in KINDS}
+
+
+globals().update(workloads(fast=True))

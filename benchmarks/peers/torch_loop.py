@@ -7,7 +7,7 @@ from . import Runner
 try:
     import torch
     import torch.nn.functional as F
-    from .torch_common import conv4, icl_loss, mlp, protonet_loss, to_numpy, to_torch
+    from .torch_common import Conv4, conv4, icl_loss, mlp, protonet_loss, sq_dist, to_numpy, to_torch
 except ImportError as e:          # reported by available()
     torch, _MISSING = None, str(e)
 
@@ -61,6 +61,10 @@ def maml_conv4(problem):
     return _maml(problem, conv4,
                  lambda logits, t: F.cross_entropy(logits, ys["support"][t]),
                  lambda logits, t: F.cross_entropy(logits, ys["query"][t]))
+
+
+# the public-API workload's loop is this same loop: F.conv2d, F.batch_norm, ... per task
+maml_conv4_api = maml_conv4
 
 
 def reptile_sine(problem):
@@ -118,3 +122,50 @@ def icl_transformer(problem):
     """In-context linear regression (Garg et al. 2022): loss and gradient of one training step."""
     return _loss_gradient(problem, lambda params, data, h: icl_loss(
         params, data["x"], data["y"], h["depth"], h["heads"]), with_loss=True)
+
+
+def protonet_omniglot(problem):
+    """One ProtoNet training step as a PyTorch user writes it: an nn.Module Conv4,
+    loss.backward(), torch.optim.Adam. Episodes come from scratchmeta's
+    EpisodeSampler (its index draws only, the images indexed here in NumPy),
+    seeded as scratchmeta's, so both train on the same episodes.
+
+    result(): the first step's loss, gradient and (float64 only) updated parameters.
+    """
+    import numpy as np
+    from scratchmeta.tasks.episodes import EpisodeSampler
+    h, d = problem.hyper, problem.data
+    sampler = EpisodeSampler(d["images"], d["labels"], np.unique(d["labels"]), h["n_way"],
+                             h["k_shot"], h["n_query"], seed=h["sampler_seed"],
+                             dtype=problem.dtype.name)
+    model = Conv4(head=False, hidden=problem.params["conv1.weight"].shape[0]).to(
+        getattr(torch, problem.dtype.name))
+    model.load_state_dict({k: torch.tensor(v) for k, v in problem.params.items()})
+    optimizer = torch.optim.Adam(model.parameters(), lr=h["lr"])
+    names = [k for k, _ in model.named_parameters()]
+    n_support, labels = h["n_way"] * h["k_shot"], torch.arange(h["n_way"])
+    query_y = labels.repeat_interleave(h["n_query"])
+    first = {}
+
+    def step():
+        _, support, query = sampler.sample_indices(1)
+        x = torch.from_numpy(d["images"][np.concatenate([support[0], query[0]])])
+        z = model(x)                                                       # (S + Q, 64)
+        prototypes = z[:n_support].reshape(h["n_way"], h["k_shot"], -1).mean(1)
+        loss = F.cross_entropy(-sq_dist(z[n_support:], prototypes), query_y)
+        optimizer.zero_grad()
+        loss.backward()
+        if not first:
+            first.update(loss=loss.item(), grads=[p.grad.clone() for p in model.parameters()])
+        optimizer.step()
+        if "theta" not in first:
+            first["theta"] = [p.detach().clone() for p in model.parameters()]
+
+    def result():
+        res = {"loss": np.float64(first["loss"])}
+        res.update(to_numpy(first["grads"], names))
+        if problem.dtype == np.float64:
+            res.update({f"adam.{k}": v for k, v in to_numpy(first["theta"], names).items()})
+        return res
+
+    return Runner(step, result)

@@ -12,5 +12,6 @@ backward pass, or fused. Entries run while the fast paths are on:
 and tests/test_fast_paths.py checks every entry against the primitive it
 replaces, at orders 1 and 2. `ENTRIES` lists them; docs/engine.md explains each.
 """
-from . import activations, matmul, normalization, pooling, windows  # noqa: F401  (each registers its entries)
+# each module registers its entries when imported
+from . import activations, attention, matmul, normalization, pooling, windows  # noqa: F401
 from .overlay import ENTRIES, Saved, replace, replace_composite  # noqa: F401

@@ -5,9 +5,10 @@ The core views x as (..., OH, k, OW, k) and reduces over two short axes of
 length k, where NumPy's inner loop runs k elements at a time. Here x is viewed
 as (..., OH, k, OW*k): the k rows of a window are an axis of their own and
 each row stays contiguous, so every loop runs along a whole image row, and the
-k columns of a window are strided views [..., j::k]. Ties are counted only
-when a window has more than one maximum (a count of hits settles that in one
-pass). NumPy and CuPy alike.
+k columns of a window are strided views [..., j::k]. The route and pick count
+each window's maxima by adding the k rows of hits as int8 arrays (NumPy runs
+a sum(axis, dtype=int8) as a slow casting reduction), and divide by the
+counts at the size of the output, not of x. NumPy and CuPy alike.
 """
 from .. import windows
 from ..backend import xp
@@ -39,19 +40,26 @@ def _pool_max(x, k):
     return out
 
 
-def _shares(x, out, k, dtype):
-    """(..., OH, k, OW*k): 1 at each window's maximum, 1/m for an m-way tie, else 0."""
+def _hits_and_count(x, out, k):
+    """hits (..., OH, k, OW*k): x equals its window's max; count (..., OH, OW): how many.
+
+    The k rows of hits are added as int8 arrays row by row: NumPy runs
+    hits.sum(axis=-2, dtype=int8) as a slow casting reduction.
+    """
     oh, ow = out.shape[-2:]
     hits = _rows(x, k, oh, ow) == xp.repeat(out, k, axis=-1)[..., :, None, :]
-    if int(xp.count_nonzero(hits)) == out.size:        # one maximum in every window: no ties
-        return hits
-    count = _window_cols(hits.sum(axis=-2, dtype=xp.int8), k)          # maxima per window
-    return (hits / xp.repeat(count, k, axis=-1)[..., :, None, :]).astype(dtype)
+    per_row = hits[..., 0, :].astype(xp.int8)                 # (..., OH, OW*k)
+    for i in range(1, k):
+        per_row += hits[..., i, :]
+    return hits, _window_cols(per_row, k)                     # maxima per window
 
 
 def _pool_route(g, x, out, k):
+    """g / m at each of a window's m maxima: the division at the size of out."""
     oh, ow = out.shape[-2:]
-    routed = _shares(x, out, k, g.dtype) * xp.repeat(g, k, axis=-1)[..., :, None, :]
+    hits, count = _hits_and_count(x, out, k)
+    share = g / count                                   # g itself where a window has one maximum
+    routed = hits * xp.repeat(share, k, axis=-1)[..., :, None, :]
     routed = routed.reshape(routed.shape[:-3] + (oh * k, ow * k))
     if routed.shape[-2:] != x.shape[-2:]:           # rows and columns cropped off the edge
         full = xp.zeros(routed.shape[:-2] + x.shape[-2:], dtype=routed.dtype)
@@ -62,11 +70,17 @@ def _pool_route(g, x, out, k):
 
 def _pool_pick(gx, x, out, k):
     oh, ow = out.shape[-2:]
-    picked = (_rows(gx, k, oh, ow) * _shares(x, out, k, gx.dtype)).sum(axis=-2)   # (..., OH, OW*k)
-    return _window_cols(picked, k)
+    hits, count = _hits_and_count(x, out, k)
+    selected = _rows(gx, k, oh, ow) * hits                  # (..., OH, k, OW*k)
+    rows = selected[..., 0, :]
+    for i in range(1, k):
+        rows += selected[..., i, :]
+    return _window_cols(rows, k) / count
 
 
 _WHY = "whole contiguous image rows per loop instead of reductions over two k-long axes"
 replace(windows.pool_max, forward=_pool_max, why=_WHY)
-replace(windows.pool_route, forward=_pool_route, why=_WHY + "; ties counted only if present")
-replace(windows.pool_pick, forward=_pool_pick, why=_WHY + "; ties counted only if present")
+replace(windows.pool_route, forward=_pool_route,
+        why=_WHY + "; tie counts by int8 row views, the division at the size of out")
+replace(windows.pool_pick, forward=_pool_pick,
+        why=_WHY + "; tie counts by int8 row views, the division at the size of out")
