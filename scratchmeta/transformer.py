@@ -26,7 +26,7 @@ from . import backend
 from . import functional as F
 from .backend import xp
 from .nn import _uniform
-from .functional import MASKED  # noqa: F401  (the score of a future position; F.softmax applies it)
+from .functional import MASKED
 from .tensor import as_tensor, tensor
 
 
@@ -45,8 +45,9 @@ def attention(q, k, v, causal=True):
     """
     q, k, v = (as_tensor(a) for a in (q, k, v))
     scores = (q @ k.mT) * (1.0 / math.sqrt(q.shape[-1]))           # (..., L, L)
-    mask = causal_mask(scores.shape[-1]) if causal else None      # F.softmax masks with MASKED
-    return F.softmax(scores, axis=-1, mask=mask) @ v               # (..., L, d_head)
+    if causal:                                                       # minGPT: masked_fill, then softmax
+        scores = F.masked_fill(scores, causal_mask(scores.shape[-1]), MASKED)
+    return F.softmax(scores, axis=-1) @ v                          # (..., L, d_head)
 
 
 def multi_head_attention(h, w_qkv, b_qkv, w_out, b_out, n_heads, causal=True):
