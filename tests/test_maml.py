@@ -602,3 +602,16 @@ def test_your_model_page_runs():
     for i, block in enumerate(blocks):
         exec(compile(block, f"docs/your_model.md block {i + 1}", "exec"), namespace)
     assert "'a', 'w', 'b'" in namespace["message"]
+
+
+def test_pretrained_baseline_training_shows_a_progress_bar_only_when_asked(capsys):
+    """scratchmeta eval trains the pretrained baseline (minutes): a bar says so on a
+    terminal (progress=None follows tqdm's rule) or when asked, never otherwise."""
+    from scratchmeta.algorithms.pretrained import pretrain
+    from scratchmeta.tasks.regression import Sinusoid
+    model = nn.build_model({"model": "mlp", "sizes": [1, 8, 1]})
+    pretrain(model, Sinusoid(k_support=5, k_query=5, seed=0), 3, progress=True)
+    assert "pretrained baseline" in capsys.readouterr().err
+    pretrain(model, Sinusoid(k_support=5, k_query=5, seed=0), 3, progress=False)
+    pretrain(model, Sinusoid(k_support=5, k_query=5, seed=0), 3)     # stderr is not a terminal here
+    assert "pretrained baseline" not in capsys.readouterr().err

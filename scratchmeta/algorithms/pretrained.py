@@ -29,11 +29,17 @@ def pooled_loss(model, theta, batch, loss="mse"):
     return total
 
 
-def pretrain(model, sampler, steps, seed=0, lr=1e-3, batch_tasks=25, loss="mse"):
-    """Adam on the pooled regression loss for `steps` steps -> params."""
+def pretrain(model, sampler, steps, seed=0, lr=1e-3, batch_tasks=25, loss="mse", progress=None):
+    """Adam on the pooled regression loss for `steps` steps -> params.
+
+    progress: a bar on stderr (None: only when stderr is a terminal, tqdm's rule).
+    """
+    from tqdm.auto import tqdm
     theta = model.init(seed)
     opt = Adam(lr=lr)
-    for _ in range(int(steps)):
+    bar = tqdm(range(int(steps)), desc="pretrained baseline", leave=False,
+               disable=None if progress is None else not progress)
+    for _ in bar:
         batch = sampler.sample(batch_tasks)
         check_batch(batch, "pretrain")
         with enable_grad():
