@@ -240,6 +240,19 @@ def gradgradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, seed=0, name=None)
     return check_grads(fn, inputs, order=2, eps=eps, atol=atol, rtol=rtol, seed=seed, name=name)
 
 
+def _directions(xs, v, single, who, word):
+    """One direction per input (hvp's vectors, jvp's tangents) as Tensors of its shape and dtype."""
+    vs = [v] if single else list(v)
+    if len(vs) != len(xs):
+        raise ValueError(f"{who}: {len(xs)} inputs but {len(vs)} {word}s")
+    vs = [Tensor(u.data if isinstance(u, Tensor) else backend.asarray(u, dtype=x.dtype))
+          for x, u in zip(xs, vs)]
+    for i, (x, u) in enumerate(zip(xs, vs)):
+        if u.shape != x.shape:
+            raise ValueError(f"{who}: {word} {i} has shape {u.shape}, input has shape {x.shape}")
+    return vs
+
+
 def hvp(fn, inputs, v):
     """Hessian-vector product of a scalar function by double backward.
 
@@ -252,14 +265,7 @@ def hvp(fn, inputs, v):
     xs = [tensor(x.data if isinstance(x, Tensor) else x, requires_grad=True)
           for x in ((inputs,) if single else inputs)]
     _require_finite(xs, "hvp")
-    vs = [v] if single else list(v)
-    if len(vs) != len(xs):
-        raise ValueError(f"hvp: {len(xs)} inputs but {len(vs)} vectors")
-    vs = [Tensor(v.data if isinstance(v, Tensor) else backend.asarray(v, dtype=x.dtype))
-          for x, v in zip(xs, vs)]
-    for i, (x, vec) in enumerate(zip(xs, vs)):
-        if vec.shape != x.shape:
-            raise ValueError(f"hvp: vector {i} has shape {vec.shape}, input has shape {x.shape}")
+    vs = _directions(xs, v, single, "hvp", "vector")
     y = _scalar_output(fn, xs, "hvp")
     gs = grad(y, xs, create_graph=True, allow_unused=True) if y.requires_grad else (None,) * len(xs)
     used = [(x, g, vec) for x, g, vec in zip(xs, gs, vs) if g is not None and g.requires_grad]
@@ -331,14 +337,7 @@ def jvp(fn, inputs, tangents):
             raise TypeError(f"jvp: input {i} has dtype {x.dtype}; forward mode needs "
                             f"floating-point inputs")
     _require_finite(xs, "jvp")
-    vs = [tangents] if single else list(tangents)
-    if len(vs) != len(xs):
-        raise ValueError(f"jvp: {len(xs)} inputs but {len(vs)} tangents")
-    vs = [Tensor(v.data if isinstance(v, Tensor) else backend.asarray(v, dtype=x.dtype))
-          for x, v in zip(xs, vs)]
-    for i, (x, v) in enumerate(zip(xs, vs)):
-        if v.shape != x.shape:
-            raise ValueError(f"jvp: tangent {i} has shape {v.shape}, input has shape {x.shape}")
+    vs = _directions(xs, tangents, single, "jvp", "tangent")
     with enable_grad():
         out = fn(*xs)
     ys = tuple(out) if isinstance(out, (tuple, list)) else (out,)
