@@ -198,6 +198,12 @@ def max_pool2d(x, kernel_size, stride=None):
     return cols.max(axis=-3)
 
 
+@composite    # the speed overlay pools first, then ReLU (scratchmeta/fast/pooling.py)
+def relu_max_pool2d(x, kernel_size, stride=None):
+    """max_pool2d(relu(x)): a Conv4 block's second half."""
+    return max_pool2d(_t(x).relu(), kernel_size, stride)
+
+
 def batch_norm(x, weight=None, bias=None, eps=1e-5, channel_axis=1, batch_axis=None):
     """Normalise with the batch's own statistics (training mode, no running stats).
 

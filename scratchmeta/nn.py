@@ -151,7 +151,7 @@ class Conv4:
         for i in range(self.blocks):
             x = F.conv_batch_norm_cnhw(x, params[f"conv{i}.w"], params[f"conv{i}.b"],
                                        params[f"bn{i}.w"], params[f"bn{i}.b"], padding=1)
-            x = F.max_pool2d(x.relu(), 2)
+            x = F.relu_max_pool2d(x, 2)
         x = x.transpose(*swap)                                        # (..., N, C, h, w)
         lead = x.shape[:2] if batched else x.shape[:1]
         return x.reshape(lead + (self.feature_dim,))

@@ -126,6 +126,9 @@ ENTRY_TABLE = {
                Spec("linear_batch", F.linear, linear_shapes())],
     "pool_max": [Spec("max_pool2d", F.max_pool2d, pool_shapes(2, None), domains="distinct"),
                  Spec("max_pool2d_k3", F.max_pool2d, pool_shapes(3, None), domains="distinct")],
+    "relu_max_pool2d": [Spec("relu_max_pool2d", F.relu_max_pool2d, pool_shapes(2, None)),
+                        Spec("relu_max_pool2d_k3", F.relu_max_pool2d, pool_shapes(3, None)),
+                        Spec("relu_max_pool2d_k3s2", F.relu_max_pool2d, pool_shapes(3, 2))],
     "softmax": [Spec("softmax", lambda x, axis: F.softmax(x, axis=axis), axis_shapes())],
 }
 # pool_max's VJP is pool_route, whose VJP is pool_pick: the pooling rows reach all three
