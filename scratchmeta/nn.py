@@ -144,6 +144,9 @@ class Conv4:
         the batch), where each convolution is one matrix product over the
         whole batch (F.conv2d_cnhw); batch norm's statistics are then per
         channel over (N, H, W), per task when the parameters are batched.
+        F.conv_batch_norm_cnhw is conv2d_cnhw then batch_norm, and
+        F.relu_max_pool2d is ReLU then max pooling: each one composite, so
+        that the speed overlay can fuse it.
         """
         batched = params["conv0.w"].ndim == 5
         swap = (0, 2, 1, 3, 4) if batched else (1, 0, 2, 3)        # N <-> C
