@@ -169,6 +169,18 @@ def conv2d_cnhw(x, w, b=None, stride=1, padding=0):
     return y + b.reshape(b.shape + (1, 1, 1))                           # one bias per channel
 
 
+@composite    # the speed overlay fuses the two where U(x) is thin (scratchmeta/fast/fusion.py)
+def conv_batch_norm_cnhw(x, w, b, bn_w, bn_b, stride=1, padding=0, eps=1e-5):
+    """conv2d_cnhw, then batch norm with the batch's statistics: a Conv4 block's first half.
+
+    Layout (..., C, N, H, W) in, (..., O, N, OH, OW) out; batch norm's mean and
+    variance are per channel over (N, OH, OW), per task when anything carries a
+    task axis. bn_w may be None (no scale, as in MAML's TensorFlow network).
+    """
+    y = conv2d_cnhw(x, w, b, stride=stride, padding=padding)
+    return batch_norm(y, bn_w, bn_b, eps=eps, channel_axis=-4, batch_axis=-3)
+
+
 def max_pool2d(x, kernel_size, stride=None):
     """Max over kernel_size x kernel_size windows of the last two axes (floor mode)."""
     x = _t(x)
@@ -184,6 +196,12 @@ def max_pool2d(x, kernel_size, stride=None):
     cols = windows.unfold(x, kh=k, kw=k, stride=s, padding=0)            # (..., k, k, OH, OW)
     cols = cols.reshape(cols.shape[:-4] + (k * k,) + cols.shape[-2:])
     return cols.max(axis=-3)
+
+
+@composite    # the speed overlay pools first, then ReLU (scratchmeta/fast/pooling.py)
+def relu_max_pool2d(x, kernel_size, stride=None):
+    """max_pool2d(relu(x)): a Conv4 block's second half."""
+    return max_pool2d(_t(x).relu(), kernel_size, stride)
 
 
 def batch_norm(x, weight=None, bias=None, eps=1e-5, channel_axis=1, batch_axis=None):

@@ -144,15 +144,17 @@ class Conv4:
         the batch), where each convolution is one matrix product over the
         whole batch (F.conv2d_cnhw); batch norm's statistics are then per
         channel over (N, H, W), per task when the parameters are batched.
+        F.conv_batch_norm_cnhw is conv2d_cnhw then batch_norm, and
+        F.relu_max_pool2d is ReLU then max pooling: each one composite, so
+        that the speed overlay can fuse it.
         """
         batched = params["conv0.w"].ndim == 5
         swap = (0, 2, 1, 3, 4) if batched else (1, 0, 2, 3)        # N <-> C
         x = x.transpose(*swap)
         for i in range(self.blocks):
-            x = F.conv2d_cnhw(x, params[f"conv{i}.w"], params[f"conv{i}.b"], padding=1)
-            x = F.batch_norm(x, params[f"bn{i}.w"], params[f"bn{i}.b"],
-                             channel_axis=-4, batch_axis=-3)
-            x = F.max_pool2d(x.relu(), 2)
+            x = F.conv_batch_norm_cnhw(x, params[f"conv{i}.w"], params[f"conv{i}.b"],
+                                       params[f"bn{i}.w"], params[f"bn{i}.b"], padding=1)
+            x = F.relu_max_pool2d(x, 2)
         x = x.transpose(*swap)                                        # (..., N, C, h, w)
         lead = x.shape[:2] if batched else x.shape[:1]
         return x.reshape(lead + (self.feature_dim,))
@@ -285,9 +287,9 @@ class MAMLConv4:
         swap = (0, 2, 1, 3, 4) if batched else (1, 0, 2, 3)        # N <-> C
         x = x.transpose(*swap)                                      # (..., C, N, H, W)
         for i in range(4):
-            x = F.conv2d_cnhw(_pad_same(x), params[f"conv{i}.w"], params[f"conv{i}.b"], stride=2)
-            x = F.batch_norm(x, params.get(f"bn{i}.w"), params[f"bn{i}.b"], eps=1e-3,
-                             channel_axis=-4, batch_axis=-3).relu()
+            x = F.conv_batch_norm_cnhw(_pad_same(x), params[f"conv{i}.w"], params[f"conv{i}.b"],
+                                       params.get(f"bn{i}.w"), params[f"bn{i}.b"], stride=2,
+                                       eps=1e-3).relu()
         if self.flatten:
             x = x.transpose(*swap)                                  # (..., N, C, h, w)
             lead = x.shape[:2] if batched else x.shape[:1]

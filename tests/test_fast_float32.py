@@ -35,16 +35,19 @@ ENTRY_TABLE = {
 }
 
 
+@pytest.mark.parametrize("composite", [False, True], ids=["relu_then_pool", "relu_max_pool2d"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("k,shape", [(2, (2, 3, 6, 6)), (2, (1, 2, 7, 5)), (3, (2, 2, 7, 8))])
-def test_pooling_with_ties_equals_the_reference_to_second_order(k, shape, dtype):
+def test_pooling_with_ties_equals_the_reference_to_second_order(k, shape, dtype, composite):
+    """Also F.relu_max_pool2d, which the overlay turns into pooling first, then ReLU."""
     from test_fast_paths import _close, _derivatives
     rng = np.random.default_rng(k + shape[-1])
     x = rng.standard_normal(shape)
     x[..., :k, :k] = -1.0                   # one whole window of zeros after the ReLU: a k*k tie
     x[0, 0, k:k + 2, :k] = 0.5              # a two-way tie among positive values
     x = x.astype(dtype)
-    fn = lambda t: _relu_pool(t, k, None)   # noqa: E731
+    pool = F.relu_max_pool2d if composite else _relu_pool
+    fn = lambda t: pool(t, k, None)         # noqa: E731
     plain, fast = _derivatives(fn, [x], on=False), _derivatives(fn, [x], on=True)
     rtol = 1e-12 if dtype == np.float64 else 1e-5
     for expected, got in zip(plain, fast):

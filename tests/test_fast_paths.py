@@ -65,6 +65,33 @@ def _conv2d_cnhw(x, w, b, stride, padding):
     return F.conv2d_cnhw(x, w, b, stride=stride, padding=padding)
 
 
+@st.composite
+def thin_conv_bn_shapes(draw, scale=True):
+    """Where the fused conv + batch norm applies: x (..., C, N, H, W), w (..., O, C, k, k)
+    with C*k*k <= O/2, conv bias, batch norm's scale and offset (O,) or (T, O)."""
+    C, k = draw(st.integers(1, 2)), draw(st.integers(1, 3))
+    O = 2 * C * k * k + draw(st.integers(0, 2))
+    N, stride, padding = draw(st.integers(1, 3)), draw(st.sampled_from([1, 2])), draw(st.sampled_from([0, 1]))
+    H, W = (draw(st.integers(max(1, k - 2 * padding), 5)) for _ in range(2))
+    x_lead, w_lead = draw(st.sampled_from([(), (2,)])), draw(st.sampled_from([(), (2,)]))
+    p_lead = draw(st.sampled_from([(), x_lead or w_lead]))
+    shapes = (x_lead + (C, N, H, W), w_lead + (O, C, k, k)) + (p_lead + (O,),) * 3
+    return shapes, {"stride": stride, "padding": padding, "eps": draw(st.sampled_from([1e-5, 1e-3])),
+                    "scale": scale}
+
+
+def _conv_batch_norm_data(x, w, b, bn_w, bn_b, stride, padding, eps, scale):
+    """x is data (what the fused form is for); the conv bias, which batch norm
+    cancels (dL/db = 0 up to rounding), held constant."""
+    return F.conv_batch_norm_cnhw(x.detach(), w, b.detach(), bn_w if scale else None, bn_b,
+                                  stride=stride, padding=padding, eps=eps)
+
+
+def _conv_batch_norm(x, w, b, bn_w, bn_b, stride, padding, eps, scale):
+    """x wanting a gradient: the reference composite runs (overlay conv and batch norm)."""
+    return F.conv_batch_norm_cnhw(x, w, b, bn_w, bn_b, stride=stride, padding=padding, eps=eps)
+
+
 def _batch_norm(x, weight=None, bias=None, channel_axis=1, batch_axis=None):
     return F.batch_norm(x, weight, bias, channel_axis=channel_axis, batch_axis=batch_axis)
 
@@ -87,11 +114,21 @@ ENTRY_TABLE = {
                         domains=("distinct", "real", "real")),
                    Spec("layer_norm", _layer_norm, norm_shapes(batch=False),
                         domains=("distinct", "real", "real"))],
+    "conv_batch_norm_cnhw": [
+        Spec("conv_batch_norm_fused", _conv_batch_norm_data, thin_conv_bn_shapes(),
+             domains=("distinct", "real", "real", "real", "real")),
+        Spec("conv_batch_norm_fused_no_scale", _conv_batch_norm_data,
+             thin_conv_bn_shapes(scale=False), domains=("distinct", "real", "real", "real", "real")),
+        Spec("conv_batch_norm_x_grad", _conv_batch_norm, thin_conv_bn_shapes(),
+             domains=("distinct", "real", "real", "real", "real"))],
     "gelu": [Spec("gelu", F.gelu, unary())],
     "matmul": [Spec("matmul", lambda a, b: a @ b, matmul_shapes()),
                Spec("linear_batch", F.linear, linear_shapes())],
     "pool_max": [Spec("max_pool2d", F.max_pool2d, pool_shapes(2, None), domains="distinct"),
                  Spec("max_pool2d_k3", F.max_pool2d, pool_shapes(3, None), domains="distinct")],
+    "relu_max_pool2d": [Spec("relu_max_pool2d", F.relu_max_pool2d, pool_shapes(2, None)),
+                        Spec("relu_max_pool2d_k3", F.relu_max_pool2d, pool_shapes(3, None)),
+                        Spec("relu_max_pool2d_k3s2", F.relu_max_pool2d, pool_shapes(3, 2))],
     "softmax": [Spec("softmax", lambda x, axis: F.softmax(x, axis=axis), axis_shapes())],
 }
 # pool_max's VJP is pool_route, whose VJP is pool_pick: the pooling rows reach all three

@@ -13,5 +13,5 @@ and tests/test_fast_paths.py checks every entry against the primitive it
 replaces, at orders 1 and 2. `ENTRIES` lists them; docs/engine.md explains each.
 """
 # each module registers its entries when imported
-from . import activations, attention, matmul, normalization, pooling, windows  # noqa: F401
+from . import activations, attention, fusion, matmul, normalization, pooling, windows  # noqa: F401
 from .overlay import ENTRIES, Saved, replace, replace_composite  # noqa: F401

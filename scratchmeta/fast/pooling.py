@@ -9,10 +9,17 @@ k columns of a window are strided views [..., j::k]. The route and pick count
 each window's maxima by adding the k rows of hits as int8 arrays (NumPy runs
 a sum(axis, dtype=int8) as a slow casting reduction), and divide by the
 counts at the size of the output, not of x. NumPy and CuPy alike.
+
+The composite functional.relu_max_pool2d, max_pool2d(relu(x)), is replaced by
+relu(max_pool2d(x)): ReLU is monotone, so the two commute, and the ReLU (its
+forward, its mask, its VJP) then runs on the pooled output, k*k times smaller.
+Ties need no care: a window whose maximum is <= 0 gets a gradient of 0 both ways.
 """
+from .. import functional as F
 from .. import windows
 from ..backend import xp
-from .overlay import replace
+from ..tensor import lift
+from .overlay import replace, replace_composite
 
 
 def _rows(x, k, oh, ow):
@@ -84,3 +91,13 @@ replace(windows.pool_route, forward=_pool_route,
         why=_WHY + "; tie counts by int8 row views, the division at the size of out")
 replace(windows.pool_pick, forward=_pool_pick,
         why=_WHY + "; tie counts by int8 row views, the division at the size of out")
+
+
+def _relu_max_pool2d(x, kernel_size, stride=None):
+    (x,) = lift((x,))
+    return F.max_pool2d(x, kernel_size, stride).relu()
+
+
+replace_composite(F.relu_max_pool2d, _relu_max_pool2d,
+                  why="pool first, then ReLU (they commute): the ReLU and its VJP at the "
+                      "pooled size, k*k times smaller")
