@@ -158,3 +158,24 @@ def test_omniglot_step_samples_the_same_episodes_and_takes_adams_step():
 def test_image_workloads_agree_across_every_peer(name):
     pytest.importorskip("torch", reason="torch_loop is the reference")
     _agree(workloads.make(name, np.float64, n_tasks=2), list(peers.MODULES))
+
+
+def test_train_time_refuses_a_step_count_below_one(capsys):
+    import train_time
+    with pytest.raises(SystemExit) as stop:
+        train_time.main(["--steps", "0"])
+    assert stop.value.code == 2
+    assert "--steps must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_train_time_runs_both_sides_and_reports_their_times(tmp_path):
+    pytest.importorskip("torch")
+    import json
+
+    import train_time
+    out = tmp_path / "t.json"
+    train_time.main(["--steps", "2", "--json", str(out)])
+    result = json.loads(out.read_text())
+    for side in ("scratchmeta", "torch"):
+        assert result[side]["wall_s"] > 0 and result[side]["cpu_s"] > 0
+    assert result["ratio_cpu"] == pytest.approx(result["scratchmeta"]["cpu_s"] / result["torch"]["cpu_s"])
