@@ -286,6 +286,11 @@ def primitive(forward):
 
 def lift(args):
     """Every argument as a Tensor; Python numbers take the dtype of the first Tensor."""
+    for a in args:
+        if not isinstance(a, Tensor):
+            break
+    else:
+        return tuple(args)               # the common case: nothing to convert
     like = next((a for a in args if isinstance(a, Tensor)), None)
     return tuple(a if isinstance(a, Tensor) else as_tensor(a, like) for a in args)
 
