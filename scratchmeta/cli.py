@@ -133,6 +133,9 @@ def build_parser():
     t.add_argument("--heads", type=_int_at_least(1), help="attention heads; must divide the width (icl)")
     t.add_argument("--train-ways", type=_int_at_least(2),
                    help="ways at training time (ProtoNets' trick: more ways than at test)")
+    t.add_argument("--no-augment", action="store_true",
+                   help="no random distortions of training images (recipes that augment: "
+                        "protonet on omniglot-minimal)")
     t.add_argument("--eval-every", type=_int_at_least(0), help="steps between held-out evaluations (0: never)")
     t.add_argument("--eval-tasks", type=_int_at_least(1), help="held-out tasks per evaluation during training")
     t.add_argument("--checkpoint-every", type=_int_at_least(1), help="steps between checkpoints")
@@ -260,6 +263,7 @@ def cmd_train(parser, args):
             _fail(parser, "--resume DIR continues a run as configured: give no algorithm or --out")
         given = [f"--{k.replace('_', '-')}" for k in RESUME_FLAGS if getattr(args, k) is not None]
         given += ["--first-order"] if args.first_order else []
+        given += ["--no-augment"] if args.no_augment else []
         given += ["--seed"] if args.seed is not None else []
         config = _run_config(parser, args.resume)
         if given:
@@ -314,6 +318,11 @@ def cmd_train(parser, args):
                      "dtype": args.dtype}
         _check_data_root(parser, args.data_root, task)
         config = train.build_config(args.algorithm, task, overrides)
+        if args.no_augment:
+            if not config["task"].get("augment"):
+                _fail(parser, f"--no-augment: the {args.algorithm} recipe on {task} does not "
+                              f"augment its training images")
+            config["task"]["augment"] = None
         if args.init and config["model"].get("model") != "mlp":
             _fail(parser, "--init applies to MLP models (the sinusoid task)")
         config.setdefault("dtype", backend.get_default_dtype().__name__)   # recorded for resume

@@ -95,6 +95,14 @@ REPTILE_SGD = {"name": "sgd", "lr": 1.0}  # eps = 1: theta <- mean_i W_i (docs/r
 
 OMNIGLOT = ("omniglot", "omniglot-minimal")   # real handwriting: the reference code's recipes
 
+# Small random affine distortions of each drawn training image (scratchmeta.tasks.augment);
+# held-out episodes are never distorted. Ours: the reference codes do not augment beyond
+# the 90-degree rotations (which are classes of their own, not distortions).
+HANDWRITING_AUGMENT = {"rotation": 5.0,      # +-5 degrees
+                       "scale": 0.05,        # size x U(0.95, 1.05)
+                       "shear": 5.0,         # +-5 degrees of horizontal shear
+                       "translate": 1.5}     # +-1.5 pixels along each axis
+
 # ---------------------------------------------------------------------------
 # Inner loops (MAML, FOMAML, Meta-SGD, ANIL)
 # ---------------------------------------------------------------------------
@@ -197,11 +205,23 @@ def _metric(task, algorithm):
     if task == "omniglot-minimal":
         recipe.update(steps=600, eval_every=300)       # ours: a 15-minute CPU budget on 2 cores
     if task == "omniglot-minimal" and algorithm == "protonet":
-        # ours: 20-way 5-query training episodes, 1,000 steps, sized to 15 CPU minutes on
-        # 2 cores. Snell et al. train 60-way; at equal CPU time 20-way and 60-way gave the
-        # same held-out error here, and 20-way steps are 3x cheaper (docs/results.md)
+        # What differs from jakesnell/prototypical-networks (docs/recipes.md), and why:
+        # - 20-way 5-query training episodes, not 60-way (run_train.py:L14): at equal CPU
+        #   time 20-way and 60-way gave the same held-out error here, and 20-way steps
+        #   are 3x cheaper (docs/results.md);
+        # - 3,600 steps, not up to 10,000 epochs of 100 episodes with early stopping:
+        #   sized to 15 CPU minutes on 2 cores (about 0.18 CPU s a step);
+        # - a constant rate: the reference halves it every 2,000 episodes (run_train.py:L52),
+        #   which at 3,600 steps would halve once; at equal CPU that did not lower the
+        #   held-out error here (35.7 vs 35.4 %, docs/results.md), so the rate stays 1e-3;
+        # - training images randomly distorted (HANDWRITING_AUGMENT), which the reference
+        #   does not do: 5 training alphabets hold only 179 characters x 20 drawings;
+        #   at equal CPU it lowered the held-out error by 1.5 points, inside the CI
+        #   (docs/results.md), at no measurable cost
+        recipe["task"]["augment"] = dict(HANDWRITING_AUGMENT)
         recipe["algo"] = dict(recipe["algo"], train_ways=20, train_queries=5)
-        recipe.update(steps=1000, eval_every=500)
+        recipe["optimizer"] = dict(ADAM)
+        recipe.update(steps=3600, eval_every=900)
     if task == "digits":
         recipe["algo"] = dict(algo, train_queries=5)   # 5 training queries a class
         recipe.update(steps=300, eval_every=100)       # 8x8 digits: a small set, a short run

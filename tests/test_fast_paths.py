@@ -11,7 +11,7 @@ The same rows then run under the strict CuPy stand-in (tests/strict_xp.py).
 """
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import assume, given, settings, strategies as st
 
 import scratchmeta as sm
 from scratchmeta import backend, fast, windows
@@ -192,6 +192,13 @@ def _compare(spec, arrays, kw):
 @given(data=st.data())
 def test_overlay_entry_equals_the_reference_to_second_order(spec, data):
     arrays, kw = data.draw(spec.inputs(), label="inputs")
+    if spec.name.startswith("conv_batch_norm"):
+        # a (near-)zero filter makes its channel the constant conv bias: batch variance ~0,
+        # so both paths return rounding noise of the bias's mean amplified by eps^-3/2
+        # (1e-8 against a true 0); numpy's SIMD sum rounds by memory alignment, which the
+        # tests run before this one change, so such draws pass or fail by test order
+        w = np.asarray(arrays[1])
+        assume(np.abs(w).reshape(w.shape[:-3] + (-1,)).max(axis=-1).min() > 1e-2)
     budget = data.draw(st.sampled_from([fast_windows.COLS_BUDGET, 1]), label="COLS_BUDGET")
     saved, fast_windows.COLS_BUDGET = fast_windows.COLS_BUDGET, budget
     try:

@@ -77,11 +77,15 @@ class Dataset:
             raise ValueError(f"unknown split {split!r}; choose 'train', 'val' or 'test'")
         return splits[split]
 
-    def sampler(self, split, n_way, k_shot, n_query, seed=0, dtype=None, within_group=False):
+    def sampler(self, split, n_way, k_shot, n_query, seed=0, dtype=None, within_group=False,
+                augment=None):
         """An EpisodeSampler over the classes of one split.
 
         within_group: every episode's N classes come from one group (one
         alphabet: Lake et al. 2015's within-alphabet runs).
+        augment: None, or random affine distortions of every drawn image
+        (a dict of tasks.augment.RandomAffine's parameters); meant for
+        meta-training only.
         """
         classes = self.classes(split)
         if len(classes) == 0:
@@ -93,7 +97,7 @@ class Dataset:
                                  f"within-alphabet episodes need them")
             groups = self.groups[classes]
         return EpisodeSampler(self.images, self.labels, classes, n_way, k_shot,
-                              n_query, seed=seed, dtype=dtype, groups=groups)
+                              n_query, seed=seed, dtype=dtype, groups=groups, augment=augment)
 
 
 def split_classes(n_classes, fractions=(0.6, 0.2), seed=0):

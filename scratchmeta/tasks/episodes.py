@@ -21,6 +21,7 @@ keys of every other class are set above any uniform draw, so they sort last.
 """
 from .. import backend
 from ..backend import host
+from .augment import RandomAffine
 from .seeding import SeededSampler, check_count, dtype_name
 
 
@@ -70,6 +71,9 @@ class EpisodeSampler(SeededSampler):
     classes: the class ids of this split; examples of other classes are never used
     groups:  None, or one group id per entry of `classes`: each episode then
              draws its N classes from a single group (within-alphabet episodes)
+    augment: None, or a RandomAffine (or a dict of its parameters): every
+             drawn support and query image is distorted afresh, with this
+             sampler's RNG (scratchmeta.tasks.augment; for training only)
 
     sample(E) returns backend arrays
         support_x (E, N*K, C, H, W)   support_y (E, N*K) int64 in 0..N-1
@@ -79,7 +83,7 @@ class EpisodeSampler(SeededSampler):
     """
 
     def __init__(self, images, labels, classes, n_way, k_shot, n_query, seed=0, dtype=None,
-                 groups=None):
+                 groups=None, augment=None):
         self.n_way = check_count("n_way", n_way)
         self.k_shot = check_count("k_shot", k_shot)
         self.n_query = check_count("n_query", n_query)
@@ -125,6 +129,9 @@ class EpisodeSampler(SeededSampler):
                 raise ValueError(f"n_way={self.n_way} is larger than every group: the largest "
                                  f"group (alphabet) of the split has {int(sizes.max())} classes")
             self.groups = groups
+        self.augment = RandomAffine.from_config(augment)
+        if self.augment is not None and images.ndim < 3:
+            raise ValueError(f"augment needs images of shape (n, ..., H, W), got {images.shape}")
         self._table, self._counts = table, counts
         super().__init__(seed)
 
@@ -135,7 +142,8 @@ class EpisodeSampler(SeededSampler):
     def config(self):
         return {"n_way": self.n_way, "k_shot": self.k_shot, "n_query": self.n_query,
                 "seed": self.seed, "dtype": self.dtype, "classes": self.classes.tolist(),
-                "groups": None if self.groups is None else self.groups.tolist()}
+                "groups": None if self.groups is None else self.groups.tolist(),
+                "augment": None if self.augment is None else self.augment.config()}
 
     def sample_indices(self, n_episodes):
         """Host int64 arrays: class ids (E, N), support (E, N*K), query (E, N*Q).
@@ -171,8 +179,14 @@ class EpisodeSampler(SeededSampler):
         # label j marks the j-th picked class: 0..0, 1..1, ... (K or Q of each)
         support_y = host.broadcast_to(host.repeat(host.arange(n), self.k_shot), support.shape)
         query_y = host.broadcast_to(host.repeat(host.arange(n), self.n_query), query.shape)
-        return {"support_x": backend.asarray(self.images[support], dtype=dtype),
+        support_x, query_x = self.images[support], self.images[query]    # (E, N*K, ...), (E, N*Q, ...)
+        if self.augment is not None:      # one fresh distortion per drawn image, support first
+            support_x = self.augment(support_x.reshape((-1,) + self.images.shape[1:]),
+                                     self._rng).reshape(support_x.shape)
+            query_x = self.augment(query_x.reshape((-1,) + self.images.shape[1:]),
+                                   self._rng).reshape(query_x.shape)
+        return {"support_x": backend.asarray(support_x, dtype=dtype),
                 "support_y": backend.asarray(support_y, dtype=host.int64),
-                "query_x": backend.asarray(self.images[query], dtype=dtype),
+                "query_x": backend.asarray(query_x, dtype=dtype),
                 "query_y": backend.asarray(query_y, dtype=host.int64),
                 "classes": backend.asarray(class_ids, dtype=host.int64)}

@@ -91,12 +91,14 @@ def _episodes(task, split, seed, algo):
     """N-way K-shot episodes of an image set (task["name"] names the dataset)."""
     data = dataset(task["name"], task.get("data_root"))
     n_way, k_shot, n_query = task["n_way"], task["k_shot"], task["n_query"]
+    augment = None                 # held-out episodes are never augmented
     if split == "train":   # ProtoNets may train on more ways (and other queries) than they test
         n_way = algo.get("train_ways") or n_way
         n_query = algo.get("train_queries") or n_query
         k_shot = algo.get("train_shots") or k_shot      # Reptile: --train-shots
+        augment = task.get("augment")                   # random affine distortions (tasks.augment)
     return data.sampler(split, n_way, k_shot, n_query, seed=seed,
-                        within_group=bool(task.get("within_alphabet")))
+                        within_group=bool(task.get("within_alphabet")), augment=augment)
 
 
 def _sinusoid(task, split, seed, algo):
