@@ -171,20 +171,42 @@ def _derivatives(fn, arrays, on, seed=0):
 
 
 def _close(expected, got, rtol):
+    """Equal to rtol relative to the whole gradient: the gradients with respect to all
+    inputs are one vector, and an entry that is a difference of large terms (batch
+    norm's weight gradient is orthogonal to the weight) carries rounding of that size."""
+    sizes = [float(np.abs(e).max()) for e in expected if e is not None and e.size]
+    scale = max([1.0] + sizes)
     for e, g in zip(expected, got):
         assert (e is None) == (g is None)
         if e is not None:
-            scale = max(1.0, float(np.abs(e).max())) if e.size else 1.0
             np.testing.assert_allclose(g, e, rtol=rtol, atol=rtol * scale)
 
 
-def _compare(spec, arrays, kw):
+def _compare(spec, arrays, kw, conditioning=1.0):
     fn = spec.bind(kw)
     value, first, second = _derivatives(fn, arrays, on=False)
     fast_value, fast_first, fast_second = _derivatives(fn, arrays, on=True)
-    _close(value, fast_value, 1e-12)
-    _close(first, fast_first, 1e-12)                 # first order: 1e-12 relative
-    _close(second, fast_second, 1e-10)
+    _close(value, fast_value, 1e-12 * conditioning)
+    _close(first, fast_first, 1e-12 * conditioning)     # first order: 1e-12 relative
+    _close(second, fast_second, 1e-10 * conditioning)
+
+
+def _batch_norm_conditioning(arrays, kw):
+    """max over channels of |mean(z)| / sqrt(var(z) + eps), z the convolution's output.
+
+    Batch norm subtracts the mean from values this many times the size of its
+    output, so two correct orders of the same sums (the fused statistics and the
+    reference's) differ by this many ulps of the output: the draws that make z's
+    mean dwarf its spread are ill-conditioned for both paths alike.
+    """
+    previous = sm.use_fast_paths(False)
+    try:
+        x, w, b = (sm.tensor(backend.asarray(np.asarray(a))) for a in arrays[:3])
+        z = F.conv2d_cnhw(x, w, b, stride=kw["stride"], padding=kw["padding"]).numpy()
+    finally:
+        sm.use_fast_paths(previous)
+    mean, var = z.mean(axis=(-3, -2, -1)), z.var(axis=(-3, -2, -1))
+    return max(1.0, float((np.abs(mean) / np.sqrt(var + kw["eps"])).max()))
 
 
 @pytest.mark.parametrize("spec", ROWS, ids=lambda s: s.name)
@@ -199,10 +221,13 @@ def test_overlay_entry_equals_the_reference_to_second_order(spec, data):
         # tests run before this one change, so such draws pass or fail by test order
         w = np.asarray(arrays[1])
         assume(np.abs(w).reshape(w.shape[:-3] + (-1,)).max(axis=-1).min() > 1e-2)
+        conditioning = _batch_norm_conditioning(arrays, kw)
+    else:
+        conditioning = 1.0
     budget = data.draw(st.sampled_from([fast_windows.COLS_BUDGET, 1]), label="COLS_BUDGET")
     saved, fast_windows.COLS_BUDGET = fast_windows.COLS_BUDGET, budget
     try:
-        _compare(spec, arrays, kw)
+        _compare(spec, arrays, kw, conditioning)
     finally:
         fast_windows.COLS_BUDGET = saved
 
