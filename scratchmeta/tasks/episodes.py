@@ -171,6 +171,15 @@ class EpisodeSampler(SeededSampler):
         query = index[..., k:].reshape(e, n * q)
         return self.classes[rows], support, query
 
+    def _draw(self, index):
+        """The images at `index` (E, M) -> (E, M, ...), each with a fresh distortion
+        from this sampler's RNG when it augments."""
+        x = self.images[index]
+        if self.augment is None:
+            return x
+        flat = x.reshape((-1,) + self.images.shape[1:])
+        return self.augment(flat, self._rng).reshape(x.shape)
+
     def sample(self, n_episodes):
         """E episodes as backend arrays (see the class docstring)."""
         class_ids, support, query = self.sample_indices(n_episodes)
@@ -179,12 +188,7 @@ class EpisodeSampler(SeededSampler):
         # label j marks the j-th picked class: 0..0, 1..1, ... (K or Q of each)
         support_y = host.broadcast_to(host.repeat(host.arange(n), self.k_shot), support.shape)
         query_y = host.broadcast_to(host.repeat(host.arange(n), self.n_query), query.shape)
-        support_x, query_x = self.images[support], self.images[query]    # (E, N*K, ...), (E, N*Q, ...)
-        if self.augment is not None:      # one fresh distortion per drawn image, support first
-            support_x = self.augment(support_x.reshape((-1,) + self.images.shape[1:]),
-                                     self._rng).reshape(support_x.shape)
-            query_x = self.augment(query_x.reshape((-1,) + self.images.shape[1:]),
-                                   self._rng).reshape(query_x.shape)
+        support_x, query_x = self._draw(support), self._draw(query)       # support first
         return {"support_x": backend.asarray(support_x, dtype=dtype),
                 "support_y": backend.asarray(support_y, dtype=host.int64),
                 "query_x": backend.asarray(query_x, dtype=dtype),
