@@ -45,9 +45,8 @@ def attention(q, k, v, causal=True):
     """
     q, k, v = (as_tensor(a) for a in (q, k, v))
     scores = (q @ k.mT) * (1.0 / math.sqrt(q.shape[-1]))           # (..., L, L)
-    if causal:                                                       # minGPT: masked_fill, then softmax
-        scores = F.masked_fill(scores, causal_mask(scores.shape[-1]), MASKED)
-    return F.softmax(scores, axis=-1) @ v                          # (..., L, d_head)
+    mask = causal_mask(scores.shape[-1]) if causal else None        # minGPT: masked_fill, then softmax
+    return F.softmax(scores, axis=-1, mask=mask) @ v               # (..., L, d_head)
 
 
 def multi_head_attention(h, w_qkv, b_qkv, w_out, b_out, n_heads, causal=True):

@@ -5,13 +5,17 @@ activations.softmax (forward).
   buffers instead of the ten temporaries of the one-line formula, and saves t;
   a plain backward (grad mode off) computes the derivative from t on raw
   arrays, in place, instead of recomputing the tanh in Tensor operations.
-- Softmax in place: exp and the division write into one buffer.
+- Softmax in place: exp and the division write into one buffer; the row max
+  and the row sum over a short last axis by reductions.last_max and
+  trailing_sum (NumPy reduces such an axis one row at a time). A plain
+  backward computes s * (g - sum(g * s)) on raw arrays the same way.
 A recorded backward runs the core VJP, which differentiates.
 """
 from .. import activations
 from ..backend import xp
 from ..tensor import Tensor, is_grad_enabled
 from .overlay import Saved, replace
+from .reductions import last_max, trailing_sum
 
 _C, _A = activations._C, activations._A
 
@@ -45,14 +49,28 @@ def _gelu_vjp(g, out, x, saved=None):
 
 
 def _softmax_forward(x, axis=-1):
-    e = xp.asarray(x - x.max(axis=axis, keepdims=True))     # an array also when 0-d
+    e = xp.asarray(x - last_max(x, axis))                   # an array also when 0-d
     xp.exp(e, out=e)
-    e /= e.sum(axis=axis, keepdims=True)
+    e /= trailing_sum(e, (axis,))
     return e
+
+
+def softmax_vjp_arrays(g, s, axis):
+    """s * (g - sum(g * s)) on raw arrays: the softmax's VJP for a plain backward."""
+    gs = xp.asarray(g * s)
+    gs -= s * trailing_sum(gs, (axis,))
+    return gs
+
+
+def _softmax_vjp(g, out, x, axis=-1):
+    if is_grad_enabled() or out.ndim == 0:
+        return activations.softmax.vjp_fn(g, out, x, axis=axis)
+    return (Tensor(softmax_vjp_arrays(g.data, out.data, axis)),)
 
 
 replace(activations.gelu, forward=_gelu_forward, vjp=_gelu_vjp,
         why="two in-place buffers instead of ten temporaries; a plain backward from the saved "
             "tanh on raw arrays")
-replace(activations.softmax, forward=_softmax_forward,
-        why="exp and the normalisation in place in one buffer")
+replace(activations.softmax, forward=_softmax_forward, vjp=_softmax_vjp,
+        why="exp and the normalisation in place in one buffer; row max and sum over a short "
+            "last axis by a column loop and a product with ones; a plain backward on raw arrays")

@@ -5,6 +5,8 @@
   where the pass it saves is worth it (statistics over 256 values or more)
   and the mean is not large beside the spread (mean^2 <= 64 var everywhere).
 - Saved statistics: the forward hands mu and 1/sigma to the VJP.
+- Sums over trailing axes (a layer norm's width; batch norm's (N, H, W) in
+  the CNHW layout) as products with a vector of ones (fast/reductions.py).
 - Raw-array VJP for a plain backward (grad mode off): with A = w / sigma and
   S = sum(g * xhat) = (sum(g * x) - mu sum(g)) / sigma,
 
@@ -22,33 +24,24 @@ from ..backend import xp
 from ..ops import fits, unbroadcast
 from ..tensor import Tensor, is_grad_enabled
 from .overlay import Saved, replace
+from .reductions import sum_product, trailing_sum
 
 
 def _count(shape, axes):
     return math.prod(shape[a] for a in axes)
 
 
-def _sum_product(a, b, axes):
-    """sum(a * b) over `axes` (kept as size 1), without a full-size temporary when
-    `axes` are the trailing ones: then it is one batch of dot products."""
-    n = len(axes)
-    if (axes == tuple(range(a.ndim - n, a.ndim)) and _count(a.shape, axes) >= 256
-            and a.flags.c_contiguous and b.flags.c_contiguous):
-        lead, size = a.shape[:a.ndim - n], _count(a.shape, axes)
-        dots = a.reshape(lead + (1, size)) @ b.reshape(lead + (size, 1))
-        return dots.reshape(lead + (1,) * n)
-    return (a * b).sum(axis=axes, keepdims=True)
 
 
 def _forward(x, w, b, axes, eps=1e-5):
     n = _count(x.shape, axes)
-    mean = x.mean(axis=axes, keepdims=True)
+    mean = trailing_sum(x, axes) / n
     centred = None
     if n >= 256:
-        var = _sum_product(x, x, axes) / n - mean * mean
+        var = sum_product(x, x, axes) / n - mean * mean
     if n < 256 or not bool((mean * mean <= 64 * var).all()):
         centred = x - mean
-        var = _sum_product(centred, centred, axes) / n
+        var = sum_product(centred, centred, axes) / n
     inv_std = 1 / xp.sqrt(var + eps)
     scale = w * inv_std
     if not (fits(scale.shape, x.shape) and fits(b.shape, x.shape)):
@@ -81,8 +74,8 @@ def _vjp(g, out, x, w, b, axes, eps=1e-5, saved=None):
 def _vjp_arrays(g, x, w, b, axes, mean, inv_std):
     n = _count(x.shape, axes)
     ga, xa = xp.ascontiguousarray(g.data), x.data
-    sum_g = ga.sum(axis=axes, keepdims=True)                                  # dL/db before grouping
-    sum_g_xhat = (_sum_product(ga, xa, axes) - mean * sum_g) * inv_std        # dL/dw before grouping
+    sum_g = trailing_sum(ga, axes)                                  # dL/db before grouping
+    sum_g_xhat = (sum_product(ga, xa, axes) - mean * sum_g) * inv_std        # dL/dw before grouping
     gx = None
     if x.requires_grad:
         a = w.data * inv_std
@@ -105,8 +98,8 @@ def _vjp_arrays_affine(g, x, w, b, axes, mean, inv_std):
     gx = gw = gb = None
     if x.requires_grad:
         gxhat = ga * w.data
-        gx = gxhat - gxhat.sum(axis=axes, keepdims=True) / n
-        gx -= xhat * (_sum_product(gxhat, xhat, axes) / n)
+        gx = gxhat - trailing_sum(gxhat, axes) / n
+        gx -= xhat * (sum_product(gxhat, xhat, axes) / n)
         gx *= inv_std
         gx = Tensor(gx)
     if w.requires_grad:

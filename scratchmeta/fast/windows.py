@@ -85,6 +85,19 @@ def _product_into(a, b, out):
         out[...] = a @ b
 
 
+def _product_nt(a, cols):
+    """a @ cols^T for a (..., P, K) and cols (..., Q, K), both long in K (pixels).
+
+    Computed as (cols @ a^T)^T, a transposed view, when cols has more rows:
+    OpenBLAS's sgemm ran that order 10-20% faster on the weight gradients'
+    shapes (Q = 576 rows of im2col against P = 64 channels), and the slower
+    one when cols has fewer rows (a first layer's 9).
+    """
+    if cols.shape[-2] > a.shape[-2]:
+        return xp.swapaxes(cols @ xp.swapaxes(a, -1, -2), -1, -2)
+    return a @ xp.swapaxes(cols, -1, -2)
+
+
 def _lead(a, b):
     """The broadcast of two arrays' leading (task) axes: all but their last two."""
     a, b = a[:-2], b[:-2]
@@ -149,7 +162,7 @@ def _conv_grads_arrays(g, x, w, padding):
     for part in _batch_slices(lead, out_c * k * k, n, x.shape[-2] * x.shape[-1]):
         cols, _ = _im2col(g[..., part, :, :], k, k, 1, k - 1 - padding)   # (..., O*k*k, m*H*W)
         _product_into(wf, cols, _flat(gx[..., part, :, :]))
-        term = _flat(x[..., part, :, :]) @ xp.swapaxes(cols, -1, -2)      # (..., C, O*k*k)
+        term = _product_nt(_flat(x[..., part, :, :]), cols)               # (..., C, O*k*k)
         gwf = term if gwf is None else xp.add(gwf, term, out=gwf)
     gw = _flip(gwf.reshape(gwf.shape[:-1] + (out_c, k, k)))               # back to (..., O, C, k, k)
     return gx, xp.ascontiguousarray(gw)
@@ -192,9 +205,9 @@ def _conv_weight_grad_forward(x, g, kernel, stride=1, padding=0):
     wb = None
     for part in _batch_slices(x.shape[:-4], in_c * kh * kw, n, oh * ow):
         cols, _ = _im2col(x[..., part, :, :], kh, kw, stride, padding)      # (..., C*kh*kw, n*OH*OW)
-        term = _flat(g[..., part, :, :]) @ xp.swapaxes(cols, -1, -2)        # (..., O, C*kh*kw)
+        term = _product_nt(_flat(g[..., part, :, :]), cols)                 # (..., O, C*kh*kw)
         wb = term if wb is None else xp.add(wb, term, out=wb)
-    return wb.reshape(wb.shape[:-1] + (in_c, kh, kw))
+    return xp.ascontiguousarray(wb).reshape(wb.shape[:-1] + (in_c, kh, kw))
 
 
 def _conv_forward(x, w, stride=1, padding=0):
