@@ -14,6 +14,7 @@ def _t(x):
     return as_tensor(x)
 
 
+@composite    # the speed overlay adds the bias into the product's output (scratchmeta/fast/matmul.py)
 def linear(x, w, b=None):
     """x @ w.T + b, with w of shape (out, in) as in PyTorch.
 

@@ -12,9 +12,10 @@ The same rows then run under the strict CuPy stand-in (tests/strict_xp.py).
 import numpy as np
 import pytest
 from hypothesis import assume, given, settings, strategies as st
+from hypothesis.extra import numpy as hnp
 
 import scratchmeta as sm
-from scratchmeta import backend, fast, windows
+from scratchmeta import backend, fast, transformer, windows
 from scratchmeta.fast import windows as fast_windows
 from strict_xp import namespace as strict
 
@@ -100,6 +101,18 @@ def _layer_norm(x, weight=None, bias=None):
     return F.layer_norm(x, weight, bias)
 
 
+@st.composite
+def causal_shapes(draw):
+    """Attention scores (..., L, L), for a softmax under the causal mask."""
+    lead = draw(hnp.array_shapes(min_dims=0, max_dims=2, max_side=3))
+    length = draw(st.integers(1, 4))
+    return (lead + (length, length),), {}
+
+
+def _causal_softmax(x):
+    return F.softmax(x, axis=-1, mask=transformer.causal_mask(x.shape[-1]))
+
+
 ENTRY_TABLE = {
     "conv": [Spec("conv", _conv, cnhw_conv_shapes())],
     "conv_transpose": [Spec("conv_transpose", _conv_transpose,
@@ -129,7 +142,10 @@ ENTRY_TABLE = {
     "relu_max_pool2d": [Spec("relu_max_pool2d", F.relu_max_pool2d, pool_shapes(2, None)),
                         Spec("relu_max_pool2d_k3", F.relu_max_pool2d, pool_shapes(3, None)),
                         Spec("relu_max_pool2d_k3s2", F.relu_max_pool2d, pool_shapes(3, 2))],
-    "softmax": [Spec("softmax", lambda x, axis: F.softmax(x, axis=axis), axis_shapes())],
+    "softmax": [Spec("softmax", lambda x, axis: F.softmax(x, axis=axis), axis_shapes()),
+                Spec("masked_softmax", _causal_softmax, causal_shapes())],
+    "linear": [Spec("linear", F.linear, linear_shapes()),
+               Spec("linear_tasks", F.linear, linear_shapes(batched=True))],
 }
 # pool_max's VJP is pool_route, whose VJP is pool_pick: the pooling rows reach all three
 ENTRY_TABLE["pool_route"] = ENTRY_TABLE["pool_pick"] = []

@@ -7,10 +7,20 @@ multiplied once, (T*n, k) @ (k, m), in the forward and in both products of the
 VJP: dL/dx = G W^T as (T*n, m) @ (m, k), and dL/dW = X^T G as one
 (k, T*n) @ (T*n, m) product instead of a batch of (k, m) partial results summed
 afterwards (unbroadcast). The VJP is Tensor operations, so every order still
-works. Any other operand shapes run the core.
+works; a plain backward (grad mode off) does the same two products on raw
+arrays. Any other operand shapes run the core.
+
+The composite functional.linear, x @ W^T + b, is replaced by one fast-only
+primitive, linear_bias (PyTorch's addmm): the bias is added into the
+product's output in place, so there is no add primitive (a full-size output
+forward, an unbroadcast sum backward) and the VJP's three products and one
+sum run on the stacked rows.
 """
+from .. import functional as F
 from .. import ops
-from .overlay import replace
+from ..backend import xp
+from ..tensor import Tensor, is_grad_enabled, lift, primitive
+from .overlay import replace, replace_composite
 
 
 def _shared_matrix(a, b):
@@ -27,6 +37,11 @@ def _matmul_forward(a, b):
 def _matmul_vjp(g, out, a, b):
     if not _shared_matrix(a, b):
         return ops.matmul.vjp_fn(g, out, a, b)
+    if not is_grad_enabled():                                       # raw arrays: nothing records
+        rows, x = g.data.reshape(-1, g.shape[-1]), a.data
+        ga = Tensor((rows @ b.data.T).reshape(a.shape)) if a.requires_grad else None
+        gb = Tensor(x.reshape(-1, x.shape[-1]).T @ rows) if b.requires_grad else None
+        return ga, gb
     rows = g.reshape(-1, g.shape[-1])                               # (T*n, m)
     ga = (rows @ b.mT).reshape(a.shape) if a.requires_grad else None
     gb = a.reshape(-1, a.shape[-1]).mT @ rows if b.requires_grad else None
@@ -36,3 +51,40 @@ def _matmul_vjp(g, out, a, b):
 replace(ops.matmul, forward=_matmul_forward, vjp=_matmul_vjp,
         why="x @ W with W shared by a batch: the batch stacked into rows, one matrix product "
             "in the forward and in each VJP product instead of one per batch entry")
+
+
+@primitive
+def linear_bias(x, w, b):
+    """x @ w^T + b for x (..., n, in), w (out, in), b (out,): the bias added in place."""
+    y = x.reshape(-1, x.shape[-1]) @ w.T                            # (T*n, out)
+    y += b
+    return y.reshape(x.shape[:-1] + (w.shape[0],))
+
+
+@linear_bias.vjp
+def _linear_bias_vjp(g, out, x, w, b):
+    if not is_grad_enabled():                                       # raw arrays: nothing records
+        rows, xs = g.data.reshape(-1, g.shape[-1]), x.data.reshape(-1, x.shape[-1])
+        return (Tensor((rows @ w.data).reshape(x.shape)) if x.requires_grad else None,
+                Tensor(rows.T @ xs) if w.requires_grad else None,
+                Tensor(rows.sum(axis=0)) if b.requires_grad else None)
+    rows, xs = g.reshape(-1, g.shape[-1]), x.reshape(-1, x.shape[-1])  # (T*n, out), (T*n, in)
+    return ((rows @ w).reshape(x.shape) if x.requires_grad else None,
+            rows.mT @ xs if w.requires_grad else None,
+            rows.sum(axis=0) if b.requires_grad else None)
+
+
+def _linear(x, w, b=None):
+    x, w = lift((x, w))
+    if (b is None or w.ndim != 2 or x.ndim < 2 or x.shape[-1] != w.shape[-1]
+            or xp.ndim(getattr(b, "data", b)) != 1):
+        return F.linear.reference(x, w, b)                          # other shapes, and the errors
+    (b,) = lift((b,))
+    if b.shape[0] != w.shape[0] or len({x.dtype, w.dtype, b.dtype}) != 1:
+        return F.linear.reference(x, w, b)
+    return linear_bias(x, w, b)
+
+
+replace_composite(F.linear, _linear,
+                  why="the bias added into the product's output in place (addmm): no add "
+                      "primitive forward or backward; products on the stacked rows")
