@@ -5,10 +5,12 @@ The core views x as (..., OH, k, OW, k) and reduces over two short axes of
 length k, where NumPy's inner loop runs k elements at a time. Here x is viewed
 as (..., OH, k, OW*k): the k rows of a window are an axis of their own and
 each row stays contiguous, so every loop runs along a whole image row, and the
-k columns of a window are strided views [..., j::k]. The route and pick count
-each window's maxima by adding the k rows of hits as int8 arrays (NumPy runs
-a sum(axis, dtype=int8) as a slow casting reduction), and divide by the
-counts at the size of the output, not of x. NumPy and CuPy alike.
+k columns of a window are strided views [..., j::k]. The route and pick share
+g between tied maxima only where there are ties: one count_nonzero finds
+whether any window has two; then the maxima of each window are counted by
+adding the k rows of hits as int8 arrays (NumPy runs a sum(axis, dtype=int8)
+as a slow casting reduction) and g is divided by the counts at the size of
+the output, not of x. NumPy and CuPy alike.
 
 The composite functional.relu_max_pool2d, max_pool2d(relu(x)), is replaced by
 relu(max_pool2d(x)): ReLU is monotone, so the two commute, and the ReLU (its
@@ -48,13 +50,19 @@ def _pool_max(x, k):
 
 
 def _hits_and_count(x, out, k):
-    """hits (..., OH, k, OW*k): x equals its window's max; count (..., OH, OW): how many.
+    """hits (..., OH, k, OW*k): x equals its window's max; count (..., OH, OW): how
+    many, or None when every window has exactly one (no ties to share).
 
-    The k rows of hits are added as int8 arrays row by row: NumPy runs
-    hits.sum(axis=-2, dtype=int8) as a slow casting reduction.
+    One count_nonzero over hits tells whether any window has a tie (each
+    window has at least one maximum, so there are none exactly when the
+    hits number out.size); only then are the k rows of hits added, as int8
+    arrays row by row (NumPy runs hits.sum(axis=-2, dtype=int8) as a slow
+    casting reduction).
     """
     oh, ow = out.shape[-2:]
     hits = _rows(x, k, oh, ow) == xp.repeat(out, k, axis=-1)[..., :, None, :]
+    if int(xp.count_nonzero(hits)) == out.size:
+        return hits, None
     per_row = hits[..., 0, :].astype(xp.int8)                 # (..., OH, OW*k)
     for i in range(1, k):
         per_row += hits[..., i, :]
@@ -65,7 +73,7 @@ def _pool_route(g, x, out, k):
     """g / m at each of a window's m maxima: the division at the size of out."""
     oh, ow = out.shape[-2:]
     hits, count = _hits_and_count(x, out, k)
-    share = g / count                                   # g itself where a window has one maximum
+    share = g if count is None else g / count           # g itself where a window has one maximum
     routed = hits * xp.repeat(share, k, axis=-1)[..., :, None, :]
     routed = routed.reshape(routed.shape[:-3] + (oh * k, ow * k))
     if routed.shape[-2:] != x.shape[-2:]:           # rows and columns cropped off the edge
@@ -82,7 +90,8 @@ def _pool_pick(gx, x, out, k):
     rows = selected[..., 0, :]
     for i in range(1, k):
         rows += selected[..., i, :]
-    return _window_cols(rows, k) / count
+    picked = _window_cols(rows, k)
+    return picked if count is None else picked / count
 
 
 _WHY = "whole contiguous image rows per loop instead of reductions over two k-long axes"
