@@ -21,6 +21,7 @@ from .. import ops
 from ..backend import xp
 from ..tensor import Tensor, is_grad_enabled, lift, primitive
 from .overlay import replace, replace_composite
+from .reductions import sum_to
 
 
 def _shared_matrix(a, b):
@@ -67,7 +68,7 @@ def _linear_bias_vjp(g, out, x, w, b):
         rows, xs = g.data.reshape(-1, g.shape[-1]), x.data.reshape(-1, x.shape[-1])
         return (Tensor((rows @ w.data).reshape(x.shape)) if x.requires_grad else None,
                 Tensor(rows.T @ xs) if w.requires_grad else None,
-                Tensor(rows.sum(axis=0)) if b.requires_grad else None)
+                Tensor(sum_to(rows, b.shape)) if b.requires_grad else None)
     rows, xs = g.reshape(-1, g.shape[-1]), x.reshape(-1, x.shape[-1])  # (T*n, out), (T*n, in)
     return ((rows @ w).reshape(x.shape) if x.requires_grad else None,
             rows.mT @ xs if w.requires_grad else None,

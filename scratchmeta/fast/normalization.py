@@ -24,7 +24,7 @@ from ..backend import xp
 from ..ops import fits, unbroadcast
 from ..tensor import Tensor, is_grad_enabled
 from .overlay import Saved, replace
-from .reductions import like, sum_product, trailing_sum
+from .reductions import like, sum_product, sum_to, trailing_sum
 
 
 def _count(shape, axes):
@@ -104,10 +104,16 @@ def _vjp_arrays_affine(g, x, w, b, axes, mean, inv_std):
         gx = Tensor(gx)
     if w.requires_grad:
         xhat *= ga                                                  # g * xhat, in place
-        gw = unbroadcast(Tensor(xhat), w.shape)
+        gw = _sum_to(xhat, w.shape)
     if b.requires_grad:
-        gb = unbroadcast(Tensor(ga), b.shape)
+        gb = _sum_to(ga, b.shape)
     return gx, gw, gb
+
+
+def _sum_to(a, shape):
+    """unbroadcast(a, shape), by one product with ones where shape is a's trailing shape."""
+    summed = sum_to(a, shape)
+    return unbroadcast(Tensor(a), shape) if summed is None else Tensor(summed)
 
 
 replace(normalization.batch_norm, forward=_forward, vjp=_vjp,

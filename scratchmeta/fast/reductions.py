@@ -9,6 +9,9 @@ sum took 0.17 ms and the max 0.61 ms, an exp 0.09 ms. Here
   ones: x.reshape(rows, n) @ 1 (BLAS, 0.03 ms on that array); also over
   axes that a transposition makes trailing (batch norm over (N, H, W) of an
   NCHW view of CNHW memory);
+- a sum over leading axes (a bias's gradient) is a product of a vector of
+  ones with the rows (sum_to; 0.01 ms against sum(axis=0)'s 0.04 ms on
+  (1920, 128));
 - a max over a short last axis is a loop of elementwise maxima over its
   columns (0.12 ms), each across every row at once.
 
@@ -58,6 +61,18 @@ def sum_product(a, b, axes):
         dots = ra[:, None, :] @ rb[:, :, None]                            # a batch of dot products
         return dots.reshape(_kept(a, axes))
     return trailing_sum(xp.asarray(a * b), axes)
+
+
+def sum_to(a, shape):
+    """a summed over its leading axes down to `shape`, a's trailing shape (a
+    bias's or a layer norm's parameter's gradient), as one product of a vector
+    of ones with a's rows; None when `shape` is not a's trailing shape or a is
+    not C-contiguous (the caller then unbroadcasts)."""
+    shape, n = tuple(shape), len(shape)
+    if a.ndim <= n or a.shape[a.ndim - n:] != shape or not a.flags.c_contiguous:
+        return None
+    rows = a.reshape(-1, math.prod(shape))
+    return (xp.ones(rows.shape[0], dtype=a.dtype) @ rows).reshape(shape)
 
 
 def like(g, x):
