@@ -40,12 +40,14 @@ def _window_cols(a, k):
 def _pool_max(x, k):
     oh, ow = x.shape[-2] // k, x.shape[-1] // k
     rows = _rows(x, k, oh, ow)
-    m = rows[..., 0, :]
-    for i in range(1, k):
-        m = xp.maximum(m, rows[..., i, :])                           # max over a window's rows
-    out = m[..., 0::k].copy()
-    for j in range(1, k):
-        xp.maximum(out, m[..., j::k], out=out)                        # then over its columns
+    if k == 1:
+        return rows[..., 0, :].copy()
+    m = xp.maximum(rows[..., 0, :], rows[..., 1, :])               # max over a window's rows
+    for i in range(2, k):
+        xp.maximum(m, rows[..., i, :], out=m)
+    out = xp.maximum(m[..., 0::k], m[..., 1::k])                     # then over its columns
+    for j in range(2, k):
+        xp.maximum(out, m[..., j::k], out=out)
     return out
 
 
