@@ -45,7 +45,8 @@ def _pool_max(x, k):
     m = xp.maximum(rows[..., 0, :], rows[..., 1, :])               # max over a window's rows
     for i in range(2, k):
         xp.maximum(m, rows[..., i, :], out=m)
-    out = xp.maximum(m[..., 0::k], m[..., 1::k])                     # then over its columns
+    out = xp.empty(m.shape[:-1] + (m.shape[-1] // k,), dtype=m.dtype)  # C order, as the core's
+    xp.maximum(m[..., 0::k], m[..., 1::k], out=out)                  # then over its columns
     for j in range(2, k):
         xp.maximum(out, m[..., j::k], out=out)
     return out
