@@ -1,4 +1,4 @@
-"""Random affine distortions of training images (scratchmeta.tasks.augment)."""
+"""Random distortions of training images (scratchmeta.tasks.augment): affine, elastic, stroke width."""
 import json
 import os
 
@@ -7,9 +7,12 @@ import pytest
 
 from scratchmeta import recipes, train
 from scratchmeta.tasks import EpisodeSampler, registry
-from scratchmeta.tasks.augment import RandomAffine, affine_warp
+from scratchmeta.tasks.augment import (Distortion, RandomAffine, affine_warp, gaussian_smoother,
+                                       restroke)
 
 STRONG = {"rotation": 10.0, "scale": 0.1, "shear": 10.0, "translate": 2.0}
+ELASTIC = {"elastic": 20.0, "elastic_sigma": 3.0, "stroke": 0.5}     # no affine part
+ALL = dict(STRONG, **ELASTIC)
 
 
 def glyph_images(n=6, size=12, dtype=np.float32):
@@ -142,3 +145,96 @@ def test_cli_no_augment_switches_augmentation_off(tmp_path, capsys):
     with pytest.raises(SystemExit):     # a resumed run keeps its settings
         cli.main(["train", "--resume", str(tmp_path / "run0"), "--no-augment"])
     assert "--no-augment would be ignored" in capsys.readouterr().err
+
+
+# -- elastic distortion (Simard et al. 2003) and stroke width --------------------------------
+@pytest.mark.parametrize("spec", [ELASTIC, ALL, {"elastic": 20.0}, {"stroke": 0.5}])
+def test_elastic_and_stroke_are_seeded_and_keep_shape_dtype_and_range(spec):
+    images = glyph_images()
+    aug = Distortion(**spec)
+    a, b = aug(images, np.random.default_rng(7)), aug(images, np.random.default_rng(7))
+    c = aug(images, np.random.default_rng(8))
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c) and not np.array_equal(a, images)
+    assert a.shape == images.shape and a.dtype == images.dtype
+    assert 0 <= a.min() and a.max() <= 1 + 1e-6              # convex mixes of pixels
+    e1, e2 = episode_sampler(spec).sample(4), episode_sampler(spec).sample(4)   # from the seed
+    for name in e1:
+        np.testing.assert_array_equal(np.asarray(e1[name]), np.asarray(e2[name]))
+
+
+def test_affine_parameters_alone_reproduce_random_affine_exactly():
+    images = glyph_images()
+    a = RandomAffine(**STRONG)(images, np.random.default_rng(5))
+    b = Distortion(**STRONG)(images, np.random.default_rng(5))
+    np.testing.assert_array_equal(a, b)
+    assert Distortion.from_config(RandomAffine(**STRONG)).config() == dict(
+        STRONG, elastic=0.0, elastic_sigma=4.0, stroke=0.0)
+
+
+def test_zero_elastic_and_stroke_strength_is_the_identity():
+    images = glyph_images()
+    rng = np.random.default_rng(0)
+    state = rng.bit_generator.state
+    assert Distortion(elastic=0.0, elastic_sigma=2.0, stroke=0.0)(images, rng) is images
+    assert rng.bit_generator.state == state                   # nothing drawn
+    n = len(images)
+    eye, zero = np.tile(np.eye(2), (n, 1, 1)), np.zeros((n, 2))
+    field = np.zeros((n, 2) + images.shape[-2:])
+    np.testing.assert_array_equal(affine_warp(images, eye, zero, field), images)
+    np.testing.assert_array_equal(restroke(images, np.zeros(n)), images)
+
+
+def test_a_constant_field_is_a_shift_and_the_smoother_is_a_gaussian_blur():
+    images = glyph_images()
+    n, size = len(images), images.shape[-1]
+    field = np.zeros((n, 2, size, size))
+    field[:, 1] = 1.0                                          # out(p) = in(p + one column)
+    moved = affine_warp(images, np.tile(np.eye(2), (n, 1, 1)), np.zeros((n, 2)), field)
+    np.testing.assert_array_equal(moved[..., :-1], images[..., 1:])
+    assert (moved[..., -1] == 0).all()
+    # the smoother is scipy.ndimage.gaussian_filter1d(mode="constant"): a normalised, truncated kernel
+    sigma = 1.5
+    radius = int(4 * sigma + 0.5)
+    k = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    u = np.random.default_rng(0).uniform(-1, 1, size)
+    np.testing.assert_allclose(gaussian_smoother(size, sigma) @ u,
+                               np.convolve(u, k / k.sum())[radius:radius + size], rtol=1e-12, atol=1e-12)
+
+
+def test_stroke_weights_one_and_minus_one_are_dilation_and_erosion():
+    images = glyph_images()
+    padded = np.pad(images, [(0, 0), (0, 0), (1, 1), (1, 1)])
+    size = images.shape[-1]
+    windows = np.stack([padded[..., r:r + size, c:c + size] for r in range(3) for c in range(3)])
+    n = len(images)
+    np.testing.assert_array_equal(restroke(images, np.ones(n)), windows.max(axis=0))
+    np.testing.assert_array_equal(restroke(images, -np.ones(n)), windows.min(axis=0))
+    half = restroke(images, np.full(n, 0.5))
+    assert images.sum() < half.sum() < windows.max(axis=0).sum()   # thicker, not fully dilated
+
+
+def test_the_held_out_sampler_never_distorts_elastically():
+    config = train.build_config("protonet", "omniglot-minimal")
+    config["task"]["augment"] = dict(ALL)
+    assert registry.make_sampler(config, "train").augment.elastic.active
+    held_out = registry.make_sampler(config, "test")
+    assert held_out.augment is None
+    plain = dict(config, task=dict(config["task"], augment=None))
+    a, b = held_out.sample(3), registry.make_sampler(plain, "test").sample(3)
+    for name in a:
+        np.testing.assert_array_equal(np.asarray(a[name]), np.asarray(b[name]))
+
+
+@pytest.mark.parametrize("spec, name", [
+    ({"elastic": -1}, "elastic"), ({"elastic": float("inf")}, "elastic"),
+    ({"elastic": "8"}, "elastic"), ({"elastic_sigma": 0}, "elastic_sigma"),
+    ({"elastic_sigma": -2.0}, "elastic_sigma"), ({"elastic_sigma": False}, "elastic_sigma"),
+    ({"stroke": 1.5}, "stroke"), ({"stroke": -0.1}, "stroke"), ({"stroke": None}, "stroke")])
+def test_bad_elastic_and_stroke_parameters_name_the_parameter(spec, name):
+    with pytest.raises(ValueError, match=f"augment: {name} must be"):
+        Distortion.from_config(spec)
+    with pytest.raises(ValueError, match=f"augment: {name} must be"):
+        episode_sampler(spec)
+    with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['sigma'\]"):
+        Distortion.from_config({"elastic": 8, "sigma": 4})

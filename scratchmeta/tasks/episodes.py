@@ -21,7 +21,7 @@ keys of every other class are set above any uniform draw, so they sort last.
 """
 from .. import backend
 from ..backend import host
-from .augment import RandomAffine
+from .augment import Distortion
 from .seeding import SeededSampler, check_count, dtype_name
 
 
@@ -71,7 +71,8 @@ class EpisodeSampler(SeededSampler):
     classes: the class ids of this split; examples of other classes are never used
     groups:  None, or one group id per entry of `classes`: each episode then
              draws its N classes from a single group (within-alphabet episodes)
-    augment: None, or a RandomAffine (or a dict of its parameters): every
+    augment: None, or a Distortion (or a dict of its parameters: affine,
+             elastic, stroke width): every
              drawn support and query image is distorted afresh, with this
              sampler's RNG (scratchmeta.tasks.augment; for training only)
 
@@ -129,7 +130,7 @@ class EpisodeSampler(SeededSampler):
                 raise ValueError(f"n_way={self.n_way} is larger than every group: the largest "
                                  f"group (alphabet) of the split has {int(sizes.max())} classes")
             self.groups = groups
-        self.augment = RandomAffine.from_config(augment)
+        self.augment = Distortion.from_config(augment)
         if self.augment is not None and images.ndim < 3:
             raise ValueError(f"augment needs images of shape (n, ..., H, W), got {images.shape}")
         self._table, self._counts = table, counts
