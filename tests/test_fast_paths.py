@@ -109,6 +109,12 @@ def causal_shapes(draw):
     return (lead + (length, length),), {}
 
 
+def _linear_transposed(x, w, b):
+    """F.linear, then a transpose: the gradient reaching linear's VJP is a strided view."""
+    y = F.linear(x, w, b)
+    return y.mT if y.ndim >= 2 else y
+
+
 def _causal_softmax(x):
     return F.softmax(x, axis=-1, mask=transformer.causal_mask(x.shape[-1]))
 
@@ -145,7 +151,8 @@ ENTRY_TABLE = {
     "softmax": [Spec("softmax", lambda x, axis: F.softmax(x, axis=axis), axis_shapes()),
                 Spec("masked_softmax", _causal_softmax, causal_shapes())],
     "linear": [Spec("linear", F.linear, linear_shapes()),
-               Spec("linear_tasks", F.linear, linear_shapes(batched=True))],
+               Spec("linear_tasks", F.linear, linear_shapes(batched=True)),
+               Spec("linear_strided_grad", _linear_transposed, linear_shapes(bias=True))],
 }
 # pool_max's VJP is pool_route, whose VJP is pool_pick: the pooling rows reach all three
 ENTRY_TABLE["pool_route"] = ENTRY_TABLE["pool_pick"] = []
