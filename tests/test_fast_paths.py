@@ -141,6 +141,7 @@ ENTRY_TABLE = {
         Spec("conv_batch_norm_x_grad", _conv_batch_norm, thin_conv_bn_shapes(),
              domains=("distinct", "real", "real", "real", "real"))],
     "gelu": [Spec("gelu", F.gelu, unary())],
+    "relu": [Spec("relu", lambda x: x.relu(), unary())],
     "matmul": [Spec("matmul", lambda a, b: a @ b, matmul_shapes()),
                Spec("linear_batch", F.linear, linear_shapes())],
     "pool_max": [Spec("max_pool2d", F.max_pool2d, pool_shapes(2, None), domains="distinct"),

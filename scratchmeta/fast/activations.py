@@ -9,9 +9,11 @@ activations.softmax (forward).
   and the row sum over a short last axis by reductions.last_max and
   trailing_sum (NumPy reduces such an axis one row at a time). A plain
   backward computes s * (g - sum(g * s)) on raw arrays the same way.
+- ReLU's plain backward: g times the mask x > 0 in one product of g with the
+  boolean mask, instead of the mask cast to x's dtype and a mul primitive.
 A recorded backward runs the core VJP, which differentiates.
 """
-from .. import activations
+from .. import activations, ops
 from ..backend import xp
 from ..tensor import Tensor, is_grad_enabled
 from .overlay import Saved, replace
@@ -68,6 +70,15 @@ def _softmax_vjp(g, out, x, axis=-1):
     return (Tensor(softmax_vjp_arrays(g.data, out.data, axis)),)
 
 
+def _relu_vjp(g, out, x):
+    if is_grad_enabled():
+        return ops.relu.vjp_fn(g, out, x)
+    return (Tensor(xp.multiply(g.data, x.data > 0, dtype=g.dtype)),)   # step function, flat a.e.
+
+
+replace(ops.relu, vjp=_relu_vjp,
+        why="a plain backward: g times the boolean mask in one product, no cast of the mask "
+            "and no mul primitive")
 replace(activations.gelu, forward=_gelu_forward, vjp=_gelu_vjp,
         why="two in-place buffers instead of ten temporaries; a plain backward from the saved "
             "tanh on raw arrays")
