@@ -93,16 +93,26 @@ def test_known_maps_move_pixels_where_they_should():
     assert (shifted[..., 0] == 0).all()                                 # background comes in
 
 
-def test_the_held_out_sampler_never_augments():
+def test_the_default_recipe_augments_training_episodes():
     config = train.build_config("protonet", "omniglot-minimal")
     assert config["task"]["augment"] == recipes.HANDWRITING_AUGMENT
     assert registry.make_sampler(config, "train").augment is not None
+
+
+def _held_out_is_undistorted(augment):
+    """With `augment` on the training split, held-out episodes equal those of no augmentation."""
+    config = train.build_config("protonet", "omniglot-minimal")
+    config["task"]["augment"] = dict(augment)
     held_out = registry.make_sampler(config, "test")
     assert held_out.augment is None
     plain = dict(config, task=dict(config["task"], augment=None))
     a, b = held_out.sample(3), registry.make_sampler(plain, "test").sample(3)
     for name in a:
         np.testing.assert_array_equal(np.asarray(a[name]), np.asarray(b[name]))
+
+
+def test_the_held_out_sampler_never_augments():
+    _held_out_is_undistorted(recipes.HANDWRITING_AUGMENT)
 
 
 @pytest.mark.parametrize("spec, name", [
@@ -218,12 +228,7 @@ def test_the_held_out_sampler_never_distorts_elastically():
     config = train.build_config("protonet", "omniglot-minimal")
     config["task"]["augment"] = dict(ALL)
     assert registry.make_sampler(config, "train").augment.elastic.active
-    held_out = registry.make_sampler(config, "test")
-    assert held_out.augment is None
-    plain = dict(config, task=dict(config["task"], augment=None))
-    a, b = held_out.sample(3), registry.make_sampler(plain, "test").sample(3)
-    for name in a:
-        np.testing.assert_array_equal(np.asarray(a[name]), np.asarray(b[name]))
+    _held_out_is_undistorted(ALL)
 
 
 @pytest.mark.parametrize("spec, name", [
