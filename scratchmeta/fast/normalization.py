@@ -24,7 +24,7 @@ from ..backend import xp
 from ..ops import fits, unbroadcast
 from ..tensor import Tensor, is_grad_enabled
 from .overlay import Saved, replace
-from .reductions import like, sum_product, sum_to, trailing_sum
+from .reductions import sum_product, sum_to, trailing_sum
 
 
 def _count(shape, axes):
@@ -73,7 +73,7 @@ def _vjp(g, out, x, w, b, axes, eps=1e-5, saved=None):
 
 def _vjp_arrays(g, x, w, b, axes, mean, inv_std):
     n = _count(x.shape, axes)
-    ga, xa = like(g.data, x.data), x.data
+    ga, xa = xp.ascontiguousarray(g.data), x.data
     sum_g = trailing_sum(ga, axes)                                  # dL/db before grouping
     sum_g_xhat = (sum_product(ga, xa, axes) - mean * sum_g) * inv_std        # dL/dw before grouping
     gx = None
@@ -92,7 +92,7 @@ def _vjp_arrays_affine(g, x, w, b, axes, mean, inv_std):
     """dL/dx = (gxhat - mean(gxhat) - xhat mean(gxhat xhat)) / sigma on raw arrays,
     gxhat = g w, reusing the forward's mu and 1/sigma."""
     n = _count(x.shape, axes)
-    ga = like(g.data, x.data)
+    ga = xp.ascontiguousarray(g.data)
     xhat = x.data - mean
     xhat *= inv_std
     gx = gw = gb = None

@@ -83,17 +83,6 @@ def sum_to(a, shape):
     return (xp.ones(rows.shape[0], dtype=a.dtype) @ rows).reshape(shape)
 
 
-def like(g, x):
-    """g with x's memory layout (g itself when it has it): so that g and x
-    reduce the same way (a C-contiguous copy of g would not, for x an NCHW view
-    of CNHW memory)."""
-    if g.strides == x.strides or g.shape != x.shape:
-        return g
-    out = xp.empty_like(x)                    # x's layout (order 'K')
-    out[...] = g
-    return out
-
-
 def last_max(a, axis=-1):
     """a.max(axis=axis, keepdims=True)."""
     if a.ndim == 0 or axis % a.ndim != a.ndim - 1 or not 1 <= a.shape[-1] <= SHORT:
