@@ -27,7 +27,7 @@ from . import functional as F
 from .backend import xp
 from .nn import _uniform
 from .functional import MASKED
-from .tensor import as_tensor, tensor
+from .tensor import as_tensor, composite, tensor
 
 
 def causal_mask(length):
@@ -35,6 +35,7 @@ def causal_mask(length):
     return xp.tril(xp.ones((length, length), dtype=bool))
 
 
+@composite    # the speed overlay runs it as one primitive (scratchmeta/fast/attention.py)
 def attention(q, k, v, causal=True):
     """softmax(q k^T / sqrt(d_head) + M) v, Vaswani et al. Eq. 1.
 

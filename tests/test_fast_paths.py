@@ -115,6 +115,14 @@ def _linear_transposed(x, w, b):
     return y.mT if y.ndim >= 2 else y
 
 
+@st.composite
+def attention_shapes(draw):
+    """q, k, v of one shape (..., L, d_head)."""
+    lead = draw(hnp.array_shapes(min_dims=0, max_dims=2, max_side=3))
+    shape = lead + (draw(st.integers(1, 4)), draw(st.integers(1, 3)))
+    return (shape, shape, shape), {}
+
+
 def _causal_softmax(x):
     return F.softmax(x, axis=-1, mask=transformer.causal_mask(x.shape[-1]))
 
@@ -151,6 +159,9 @@ ENTRY_TABLE = {
                         Spec("relu_max_pool2d_k3s2", F.relu_max_pool2d, pool_shapes(3, 2))],
     "softmax": [Spec("softmax", lambda x, axis: F.softmax(x, axis=axis), axis_shapes()),
                 Spec("masked_softmax", _causal_softmax, causal_shapes())],
+    "attention": [Spec("attention_causal", transformer.attention, attention_shapes()),
+                  Spec("attention_full", lambda q, k, v: transformer.attention(q, k, v, causal=False),
+                       attention_shapes())],
     "linear": [Spec("linear", F.linear, linear_shapes()),
                Spec("linear_tasks", F.linear, linear_shapes(batched=True)),
                Spec("linear_strided_grad", _linear_transposed, linear_shapes(bias=True))],
