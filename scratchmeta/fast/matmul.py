@@ -72,7 +72,7 @@ def _linear_bias_vjp(g, out, x, w, b):
         rows, xs = g.data.reshape(-1, g.shape[-1]), x.data.reshape(-1, x.shape[-1])
         return (Tensor((rows @ w.data).reshape(x.shape)) if x.requires_grad else None,
                 Tensor(rows.T @ xs) if w.requires_grad else None,
-                Tensor(_bias_grad(rows, b.shape)) if b.requires_grad else None)
+                Tensor(sum_to(rows, b.shape)) if b.requires_grad else None)
     rows, xs = g.reshape(-1, g.shape[-1]), x.reshape(-1, x.shape[-1])  # (T*n, out), (T*n, in)
     return ((rows @ w).reshape(x.shape) if x.requires_grad else None,
             rows.mT @ xs if w.requires_grad else None,
@@ -97,12 +97,6 @@ def _task_linear_bias_vjp(g, out, x, w, b):
     return (g @ w if x.requires_grad else None,                     # (T, n, in)
             g.mT @ x if w.requires_grad else None,                  # (T, out, in)
             g.sum(axis=-2) if b.requires_grad else None)            # (T, out)
-
-
-def _bias_grad(rows, shape):
-    """rows (T*n, out) summed over T*n: one product with ones when rows is contiguous."""
-    summed = sum_to(rows, shape)
-    return rows.sum(axis=0) if summed is None else summed
 
 
 def _linear(x, w, b=None):

@@ -104,16 +104,10 @@ def _vjp_arrays_affine(g, x, w, b, axes, mean, inv_std):
         gx = Tensor(gx)
     if w.requires_grad:
         xhat *= ga                                                  # g * xhat, in place
-        gw = _sum_to(xhat, w.shape)
+        gw = Tensor(sum_to(xhat, w.shape))
     if b.requires_grad:
-        gb = _sum_to(ga, b.shape)
+        gb = Tensor(sum_to(ga, b.shape))
     return gx, gw, gb
-
-
-def _sum_to(a, shape):
-    """unbroadcast(a, shape), by one product with ones where shape is a's trailing shape."""
-    summed = sum_to(a, shape)
-    return unbroadcast(Tensor(a), shape) if summed is None else Tensor(summed)
 
 
 replace(normalization.batch_norm, forward=_forward, vjp=_vjp,

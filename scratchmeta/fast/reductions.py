@@ -72,15 +72,19 @@ def sum_product(a, b, axes):
 
 
 def sum_to(a, shape):
-    """a summed over its leading axes down to `shape`, a's trailing shape (a
-    bias's or a layer norm's parameter's gradient), as one product of a vector
-    of ones with a's rows; None when `shape` is not a's trailing shape or a is
-    not C-contiguous (the caller then unbroadcasts)."""
+    """a summed down to `shape` (ops.unbroadcast on raw arrays): a bias's or a
+    layer norm's parameter's gradient. Where `shape` is a's trailing shape and
+    a is C-contiguous, one product of a vector of ones with a's rows."""
     shape, n = tuple(shape), len(shape)
-    if a.ndim <= n or a.shape[a.ndim - n:] != shape or not a.flags.c_contiguous:
-        return None
-    rows = a.reshape(-1, math.prod(shape))
-    return (xp.ones(rows.shape[0], dtype=a.dtype) @ rows).reshape(shape)
+    if a.shape == shape:
+        return a
+    if a.ndim > n and a.shape[a.ndim - n:] == shape and a.flags.c_contiguous:
+        rows = a.reshape(-1, math.prod(shape))
+        return (xp.ones(rows.shape[0], dtype=a.dtype) @ rows).reshape(shape)
+    lead = a.ndim - n
+    axes = tuple(range(lead)) + tuple(i + lead for i, s in enumerate(shape)
+                                      if s == 1 and a.shape[i + lead] != 1)
+    return a.sum(axis=axes, keepdims=True).reshape(shape)
 
 
 def last_max(a, axis=-1):
