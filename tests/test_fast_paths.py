@@ -21,7 +21,7 @@ from strict_xp import namespace as strict
 
 from test_fast_float32 import ENTRY_TABLE as FLOAT32_ENTRY_TABLE
 from test_functional import (axis_shapes, cnhw_norm_shapes, conv_shapes, linear_shapes,
-                             norm_shapes, pool_shapes, task_norm_shapes)
+                             norm_shapes, pool_shapes, side, task_norm_shapes)
 from test_ops import Spec, device, examples, matmul_shapes, unary
 
 F = sm.functional
@@ -127,6 +127,25 @@ def _causal_softmax(x):
     return F.softmax(x, axis=-1, mask=transformer.causal_mask(x.shape[-1]))
 
 
+def _relu_then_pool(x, kernel_size, stride=None):
+    """max_pool2d(relu(x)) as a user writes it: every window of negatives is a tie at 0."""
+    return F.max_pool2d(x.relu(), kernel_size, stride)
+
+
+def _api_block(x, w, b, gamma, beta):
+    """A Conv4 block through the public API: conv2d's output is an NCHW view of CNHW
+    memory, so pool_route's gradient and batch norm's inputs meet in that layout."""
+    y = F.batch_norm(F.conv2d(x, w, b, padding=1), gamma, beta)
+    return F.max_pool2d(y.relu(), 2)
+
+
+@st.composite
+def api_block_shapes(draw):
+    n, c, o = draw(side(2, 3)), draw(side(1, 2)), draw(side(1, 2))
+    h, w = draw(st.integers(2, 5)), draw(st.integers(2, 5))
+    return ((n, c, h, w), (o, c, 3, 3), (o,), (o,), (o,)), {}
+
+
 ENTRY_TABLE = {
     "conv": [Spec("conv", _conv, cnhw_conv_shapes())],
     "conv_transpose": [Spec("conv_transpose", _conv_transpose,
@@ -153,7 +172,10 @@ ENTRY_TABLE = {
     "matmul": [Spec("matmul", lambda a, b: a @ b, matmul_shapes()),
                Spec("linear_batch", F.linear, linear_shapes())],
     "pool_max": [Spec("max_pool2d", F.max_pool2d, pool_shapes(2, None), domains="distinct"),
-                 Spec("max_pool2d_k3", F.max_pool2d, pool_shapes(3, None), domains="distinct")],
+                 Spec("max_pool2d_k3", F.max_pool2d, pool_shapes(3, None), domains="distinct"),
+                 Spec("relu_then_max_pool2d", _relu_then_pool, pool_shapes(2, None)),
+                 Spec("api_conv_bn_relu_pool", _api_block, api_block_shapes(),
+                      domains=("distinct", "real", "real", "real", "real"))],
     "relu_max_pool2d": [Spec("relu_max_pool2d", F.relu_max_pool2d, pool_shapes(2, None)),
                         Spec("relu_max_pool2d_k3", F.relu_max_pool2d, pool_shapes(3, None)),
                         Spec("relu_max_pool2d_k3s2", F.relu_max_pool2d, pool_shapes(3, 2))],

@@ -56,6 +56,14 @@ def _forward(x, w, b, axes, eps=1e-5):
     return Saved(y, mean=mean, inv_std=inv_std)
 
 
+def _like(g, x):
+    """g as it is when it is laid out like x (the route of max pooling writes it
+    so) or C-contiguous; else a C-contiguous copy (a broadcast or strided g)."""
+    if g.flags.c_contiguous or g.strides == x.strides:
+        return g
+    return xp.ascontiguousarray(g)
+
+
 def _per_group(p, ndim, axes):
     """Whether parameter p is constant along the statistics' axes (batch norm's
     case; layer norm's weight varies along them)."""
@@ -73,7 +81,7 @@ def _vjp(g, out, x, w, b, axes, eps=1e-5, saved=None):
 
 def _vjp_arrays(g, x, w, b, axes, mean, inv_std):
     n = _count(x.shape, axes)
-    ga, xa = xp.ascontiguousarray(g.data), x.data
+    ga, xa = _like(g.data, x.data), x.data
     sum_g = trailing_sum(ga, axes)                                  # dL/db before grouping
     sum_g_xhat = (sum_product(ga, xa, axes) - mean * sum_g) * inv_std        # dL/dw before grouping
     gx = None
