@@ -6,12 +6,12 @@ length k, where NumPy's inner loop runs k elements at a time. Here x is viewed
 as (..., OH, k, OW*k): the k rows of a window are an axis of their own and
 each row stays contiguous, so every loop runs along a whole image row, and the
 k columns of a window are strided views [..., j::k]. The route and pick share
-g between tied maxima only where there are ties. The pick counts them by
+g between tied maxima only where there are ties: one count_nonzero finds
+whether any window has two; then the maxima of each window are counted by
 adding the k rows of hits as int8 arrays (NumPy runs a sum(axis, dtype=int8)
-as a slow casting reduction); the route takes the k*k offsets of a window as
-strided views of out's size, counts the maxima by adding their hits, and
-writes g (divided by the counts only where a window has a tie) through the
-same views into an array laid out like x. NumPy and CuPy alike.
+as a slow casting reduction) and g is divided by the counts at the size of
+the output, not of x. The route writes into an array laid out like x.
+NumPy and CuPy alike.
 
 The composite functional.relu_max_pool2d, max_pool2d(relu(x)), is replaced by
 relu(max_pool2d(x)): ReLU is monotone, so the two commute, and the ReLU (its
@@ -73,31 +73,22 @@ def _hits_and_count(x, out, k):
     return hits, _window_cols(per_row, k)                     # maxima per window
 
 
-def _offsets(a, k, oh, ow):
-    """The k*k strided views a[..., i::k, j::k] (each (..., OH, OW)): element (i, j)
-    of every window at once."""
-    return [a[..., i:oh * k:k, j:ow * k:k] for i in range(k) for j in range(k)]
-
-
 def _pool_route(g, x, out, k):
-    """g / m at each of a window's m maxima: one window offset (i, j) at a time.
+    """g / m at each of a window's m maxima: the division at the size of out.
 
-    Each offset's hits (x[..., i::k, j::k] == out) are an array of out's size;
-    their sum counts each window's maxima, and g (divided by the counts only
-    where some window has a tie) is written through the same strided views
-    into an array laid out like x, so that the ReLU's and batch norm's VJPs
-    after it read g and x in one memory order.
+    The result is written into an array laid out like x (through the view of
+    its whole windows as rows), so that the ReLU's and batch norm's VJPs after
+    it read g and x in one memory order (a public-API Conv4's activations are
+    NCHW views of CNHW memory).
     """
     oh, ow = out.shape[-2:]
-    hits = [v == out for v in _offsets(x, k, oh, ow)]
-    count = hits[0].astype(xp.uint8 if k * k < 256 else xp.int32)
-    for h in hits[1:]:
-        count += h
-    share = g if int(xp.count_nonzero(count - 1)) == 0 else g / count
+    hits, count = _hits_and_count(x, out, k)
+    share = g if count is None else g / count           # g itself where a window has one maximum
+    spread = xp.repeat(share, k, axis=-1)[..., :, None, :]
     routed = xp.empty_like(x, dtype=share.dtype)
-    for h, view in zip(hits, _offsets(routed, k, oh, ow)):
-        xp.multiply(h, share, out=view)
-    if oh * k != x.shape[-2]:                     # rows and columns cropped off the edge
+    # (..., OH, k, OW*k): a view of routed in any layout, as the reshape only splits H
+    xp.multiply(hits, spread, out=_rows(routed, k, oh, ow))
+    if oh * k != x.shape[-2]:                           # rows and columns cropped off the edge
         routed[..., oh * k:, :] = 0
     if ow * k != x.shape[-1]:
         routed[..., :, ow * k:] = 0
