@@ -156,6 +156,13 @@ def build_parser():
     e.add_argument("--batch-size", type=_int_at_least(1), default=100, help="tasks evaluated at once")
     e.add_argument("--seed", type=_int_at_least(0), default=None, help="held-out task seed")
     e.add_argument("--no-baselines", action="store_true", help="skip the baselines")
+    e.add_argument("--tta", type=_int_at_least(1), default=1, metavar="M",
+                   help="test-time augmentation (protonet, matching; ours, not the papers'): "
+                        "embed each support image as the mean over M views, itself and M - 1 "
+                        "random affine distortions (the training recipe's), drawn from the "
+                        "held-out seed; 1 is off")
+    e.add_argument("--tta-queries", action="store_true",
+                   help="with --tta M > 1, average M views of each query image too")
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.add_argument("--no-progress", action="store_true",
                    help="no progress bar (shown on stderr when it is a terminal)")
@@ -352,6 +359,8 @@ def cmd_eval(parser, args):
     _check_data_root(parser, args.data_root, config["task"]["name"])
     if args.inner_steps is not None and args.inner_steps > MAX_INNER_STEPS:
         _fail(parser, f"--inner-steps {args.inner_steps} is more than {MAX_INNER_STEPS}")
+    if args.tta_queries and args.tta == 1:
+        _fail(parser, "--tta-queries needs --tta M with M > 1 (the views to average)")
     try:
         task = dict(config["task"], **task_overrides(config["task"]["name"], args.shots, args.ways,
                                                      args.queries, args.data_root, args.noise_std))
@@ -362,6 +371,7 @@ def cmd_eval(parser, args):
                                          seed=args.seed, baselines=not args.no_baselines,
                                          data_root=args.data_root, noise_std=args.noise_std,
                                          within_alphabet=args.within_alphabet,
+                                         tta=args.tta, tta_queries=args.tta_queries,
                                          progress=not args.no_progress and sys.stderr.isatty())
     except (ValueError, FileNotFoundError) as e:
         _fail(parser, str(e))

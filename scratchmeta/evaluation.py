@@ -8,7 +8,7 @@ import copy
 import math
 import sys
 
-from . import train
+from . import train, tta as test_time
 
 BASELINE = "baseline/"
 BY_K = "by_k/"
@@ -25,13 +25,18 @@ def task_overrides(task, shots=None, ways=None, queries=None, data_root=None, no
 
 def evaluate_run(run_dir, shots=None, ways=None, queries=None, inner_steps=None, n_tasks=600,
                  batch_size=100, seed=None, baselines=True, data_root=None, noise_std=None,
-                 within_alphabet=None, progress=False):
+                 within_alphabet=None, tta=1, tta_queries=False, progress=False):
     """Score the last checkpoint of `run_dir` on `n_tasks` held-out tasks (`progress`: a bar).
 
     within_alphabet: True draws every episode's classes from one alphabet
     (Lake et al. 2015's runs), False from all held-out alphabets, None as
     the run was trained.
+    tta: M > 1 embeds each support image as the mean over M views, the
+    original and M - 1 random distortions (test-time augmentation,
+    scratchmeta.tta; protonet and matching); tta_queries=True the queries
+    too. 1 (the default) is the plain evaluation. Baselines see no views.
     """
+    views = test_time.check_views(tta)
     config, learner, theta, step = train.load_run(run_dir)
     eval_config = copy.deepcopy(config)
     eval_config["task"].update(task_overrides(config["task"]["name"], shots, ways, queries, data_root,
@@ -41,6 +46,8 @@ def evaluate_run(run_dir, shots=None, ways=None, queries=None, inner_steps=None,
     if noise_std is not None:              # ridge's lambda is tuned at the noise of the evaluation
         learner = train.make_learner(eval_config)
     sampler = train.make_sampler(eval_config, "test", seed=seed)
+    # the distortions are drawn from the held-out seed, on a generator of their own
+    test_time.install(learner, views, queries=tta_queries, seed=getattr(sampler, "seed", None))
     options = {} if inner_steps is None else {"inner_steps": inner_steps}
     if not baselines:
         options["baselines"] = False  # learners may skip costly baselines
@@ -58,6 +65,8 @@ def evaluate_run(run_dir, shots=None, ways=None, queries=None, inner_steps=None,
     report = {"algorithm": config["algorithm"], "task": eval_config["task"], "step": step,
               "metric": learner.metric, "mean": head["mean"], "ci95": head["ci95"],
               "tasks": head["tasks"], "options": options, "baselines": {}, "metrics": {}}
+    if views > 1:
+        report["tta"] = learner.test_augmentation.config()
     curves = {BY_K: {}, CLEAN_BY_K: {}}            # prefix -> k -> method -> mean
     for name, value in result.items():
         if name == learner.metric:
@@ -102,6 +111,9 @@ def format_report(report):
     lines = [f"{report['algorithm']} on {report['task']['name']} (step {report['step']}): "
              f"{report['metric']} = {_pm(report)} "
              f"(95% CI, {report['tasks']} tasks)"]
+    if "tta" in report:
+        tta, images = report["tta"], "support and query" if report["tta"]["queries"] else "support"
+        lines.append(f"  test-time augmentation: each {images} image the mean of {tta['views']} views")
     for name, value in sorted(report["baselines"].items()):
         lines.append(f"  baseline {name:<14} {_pm(value)}")
     for name, value in sorted(report["metrics"].items()):

@@ -71,6 +71,7 @@ class TestBatchNorm:
     the mode's name, test-time embedding, the update, and the state checkpoints save."""
 
     running = None
+    test_augmentation = None   # (embed, theta, batch) -> embeddings: scratchmeta.tta, at evaluation
 
     @property
     def test_batch_norm(self):
@@ -81,7 +82,10 @@ class TestBatchNorm:
             self.running.update(theta, batch)
 
     def test_embed(self, theta, batch):
-        return self.embed(theta, batch) if self.running is None else self.running.embed(theta, batch)
+        embed = self.embed if self.running is None else self.running.embed
+        if self.test_augmentation is None:
+            return embed(theta, batch)
+        return self.test_augmentation(embed, theta, batch)     # each image a mean over views
 
     def state_dict(self):
         return None if self.running is None else self.running.state_dict()
