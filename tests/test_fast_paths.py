@@ -174,8 +174,10 @@ ENTRY_TABLE = {
     "pool_max": [Spec("max_pool2d", F.max_pool2d, pool_shapes(2, None), domains="distinct"),
                  Spec("max_pool2d_k3", F.max_pool2d, pool_shapes(3, None), domains="distinct"),
                  Spec("relu_then_max_pool2d", _relu_then_pool, pool_shapes(2, None)),
+                 # distinct weights and gamma, beta away from 0: no constant conv output
+                 # (zero variance) and no batch-norm output exactly at the ReLU's kink
                  Spec("api_conv_bn_relu_pool", _api_block, api_block_shapes(),
-                      domains=("distinct", "real", "real", "real", "real"))],
+                      domains=("distinct", "distinct", "real", "away0", "away0"))],
     "relu_max_pool2d": [Spec("relu_max_pool2d", F.relu_max_pool2d, pool_shapes(2, None)),
                         Spec("relu_max_pool2d_k3", F.relu_max_pool2d, pool_shapes(3, None)),
                         Spec("relu_max_pool2d_k3s2", F.relu_max_pool2d, pool_shapes(3, 2))],
