@@ -97,6 +97,14 @@ def _batch_norm(x, weight=None, bias=None, channel_axis=1, batch_axis=None):
     return F.batch_norm(x, weight, bias, channel_axis=channel_axis, batch_axis=batch_axis)
 
 
+def _batch_norm_squared(x, weight=None, bias=None, channel_axis=1, batch_axis=None):
+    """batch norm, then a square: the gradient reaching batch norm's VJP depends on x, w
+    and b (as in MAML, where the loss's curvature flows back), so a second-order
+    derivative runs every VJP of the recorded backward's nodes, dL/dg included."""
+    y = F.batch_norm(x, weight, bias, channel_axis=channel_axis, batch_axis=batch_axis)
+    return y * y
+
+
 def _layer_norm(x, weight=None, bias=None):
     return F.layer_norm(x, weight, bias)
 
@@ -157,6 +165,12 @@ ENTRY_TABLE = {
                    Spec("batch_norm_tasks", _batch_norm, task_norm_shapes(),
                         domains=("distinct", "real", "real")),
                    Spec("batch_norm_cnhw", _batch_norm, cnhw_norm_shapes(),
+                        domains=("distinct", "real", "real")),
+                   Spec("batch_norm_squared", _batch_norm_squared, norm_shapes(),
+                        domains=("distinct", "real", "real")),
+                   Spec("batch_norm_squared_cnhw", _batch_norm_squared, cnhw_norm_shapes(),
+                        domains=("distinct", "real", "real")),
+                   Spec("batch_norm_squared_tasks", _batch_norm_squared, task_norm_shapes(),
                         domains=("distinct", "real", "real")),
                    Spec("layer_norm", _layer_norm, norm_shapes(batch=False),
                         domains=("distinct", "real", "real"))],
@@ -357,6 +371,45 @@ def test_conv_transpose_is_the_adjoint_of_conv(stride, padding, fast_on):
     lhs, rhs = (y * g).sum().item(), (a * at).sum().item()
     assert at.shape == a.shape
     assert abs(lhs - rhs) <= 1e-10 * max(1.0, abs(lhs))
+
+
+def _third_order(fn, arrays, on):
+    """Value and derivatives of orders 1-3 of sum(fn(*xs) * u), each order contracted with
+    fixed random directions, fast paths on or off (all but the last backward recorded)."""
+    previous = sm.use_fast_paths(on)
+    try:
+        rng = np.random.default_rng(1)
+        xs = [sm.tensor(a, requires_grad=True) for a in device(arrays)]
+        y = fn(*xs)
+        scalar = (y * sm.tensor(backend.asarray(rng.standard_normal(y.shape)))).sum()
+        out = [y.numpy()]
+        for order in (1, 2, 3):
+            gs = sm.grad(scalar, xs, create_graph=order < 3, allow_unused=True)
+            out += [g.numpy() for g in gs if g is not None]
+            if order < 3:
+                scalar = sum((g * sm.tensor(backend.asarray(rng.standard_normal(g.shape)))).sum()
+                             for g in gs if g is not None and g.requires_grad)
+        nodes = fn(*xs)
+        first = sm.grad(nodes.sum(), xs, create_graph=True)[0]
+        return out, first._op.name
+    finally:
+        sm.use_fast_paths(previous)
+
+
+@pytest.mark.parametrize("shape, channel_axis, batch_axis",
+                         [((3, 4, 5, 2), 1, None), ((4, 3, 2, 3, 3), 2, 1)])
+def test_batch_norm_recorded_backward_equals_the_reference_to_third_order(shape, channel_axis,
+                                                                           batch_axis):
+    """The recorded backward's nodes differentiate (their VJPs in Tensor operations when
+    recorded) as the core VJP's twenty-odd Tensor operations do, to order 3."""
+    rng = np.random.default_rng(0)
+    c = shape[channel_axis]
+    arrays = [rng.standard_normal(shape) * 1.5 + 0.3, rng.standard_normal(c), rng.standard_normal(c)]
+    fn = lambda x, w, b: _batch_norm_squared(x, w, b, channel_axis, batch_axis)   # noqa: E731
+    (reference, core_node), (fast_, fast_node) = _third_order(fn, arrays, False), _third_order(fn, arrays, True)
+    assert len(reference) == len(fast_) == 10          # the value and 3 gradients at each order
+    _close(reference, fast_, 1e-10)
+    assert (core_node, fast_node) == ("mul", "batch_norm_grad_x")     # which code ran
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
