@@ -190,7 +190,7 @@ class ProtoNet(TestBatchNorm, MetaLearner):
     metric = "accuracy"
     higher_is_better = True
     max_images = 1600         # per embedding pass in evaluate
-    transduction = None       # scratchmeta.transductive: the queries used together, at evaluation
+    transduction = None       # evaluate: an episode's queries classified together (transductive.py)
 
     def __init__(self, model, distance="euclidean", train_ways=None, fused_loss=False,
                  test_batch_norm="transductive"):
@@ -256,8 +256,6 @@ class ProtoNet(TestBatchNorm, MetaLearner):
         baseline/pixels: the same classifier on flattened raw pixels, untrained
         (skipped with baselines=False). Episodes are embedded a few at a time
         (at most `max_images` images a pass) so that memory stays bounded.
-        With `transduction` installed (scratchmeta.transductive, evaluate_run's
-        transductive=), the queries of an episode are classified together.
         """
         unknown = sorted(k for k, v in options.items() if v is not None)
         if unknown:
@@ -272,8 +270,7 @@ class ProtoNet(TestBatchNorm, MetaLearner):
             chunk = {k: batch[k][start:start + per_pass] for k in BATCH_KEYS}
             z_support, z_query = self.test_embed(theta, chunk)
             if self.transduction is None:
-                losses, logp = self._losses(z_support, z_query, chunk, n_way)
-                scores = logp
+                losses, scores = self._losses(z_support, z_query, chunk, n_way)
             else:                               # all the episode's queries at once (transductive.py)
                 logp, scores = self.transduction(self, z_support, chunk["support_y"], z_query, n_way)
                 losses = nll(logp, chunk["query_y"])
