@@ -163,6 +163,13 @@ def build_parser():
                         "held-out seed; 1 is off")
     e.add_argument("--tta-queries", action="store_true",
                    help="with --tta M > 1, average M views of each query image too")
+    e.add_argument("--transductive", choices=("softkmeans", "assignment"), default=None,
+                   help="protonet; not the paper's: classify an episode's queries together. "
+                        "softkmeans refines the prototypes with the queries (Ren et al. 2018, "
+                        "Eq. 4); assignment assigns queries to classes one-to-one (it exploits "
+                        "the episodes' equal number of queries a class). Default: off")
+    e.add_argument("--refine-steps", type=_int_at_least(1), default=None, metavar="N",
+                   help="with --transductive softkmeans, N refinement steps (default 1)")
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.add_argument("--no-progress", action="store_true",
                    help="no progress bar (shown on stderr when it is a terminal)")
@@ -361,6 +368,8 @@ def cmd_eval(parser, args):
         _fail(parser, f"--inner-steps {args.inner_steps} is more than {MAX_INNER_STEPS}")
     if args.tta_queries and args.tta == 1:
         _fail(parser, "--tta-queries needs --tta M with M > 1 (the views to average)")
+    if args.refine_steps is not None and args.transductive != "softkmeans":
+        _fail(parser, "--refine-steps needs --transductive softkmeans")
     try:
         task = dict(config["task"], **task_overrides(config["task"]["name"], args.shots, args.ways,
                                                      args.queries, args.data_root, args.noise_std))
@@ -372,6 +381,8 @@ def cmd_eval(parser, args):
                                          data_root=args.data_root, noise_std=args.noise_std,
                                          within_alphabet=args.within_alphabet,
                                          tta=args.tta, tta_queries=args.tta_queries,
+                                         transductive=args.transductive,
+                                         refine_steps=args.refine_steps,
                                          progress=not args.no_progress and sys.stderr.isatty())
     except (ValueError, FileNotFoundError) as e:
         _fail(parser, str(e))

@@ -8,7 +8,7 @@ import copy
 import math
 import sys
 
-from . import train, tta as test_time
+from . import train, transductive as transduction, tta as test_time
 
 BASELINE = "baseline/"
 BY_K = "by_k/"
@@ -25,7 +25,8 @@ def task_overrides(task, shots=None, ways=None, queries=None, data_root=None, no
 
 def evaluate_run(run_dir, shots=None, ways=None, queries=None, inner_steps=None, n_tasks=600,
                  batch_size=100, seed=None, baselines=True, data_root=None, noise_std=None,
-                 within_alphabet=None, tta=1, tta_queries=False, progress=False):
+                 within_alphabet=None, tta=1, tta_queries=False, transductive=None,
+                 refine_steps=None, progress=False):
     """Score the last checkpoint of `run_dir` on `n_tasks` held-out tasks (`progress`: a bar).
 
     within_alphabet: True draws every episode's classes from one alphabet
@@ -35,8 +36,19 @@ def evaluate_run(run_dir, shots=None, ways=None, queries=None, inner_steps=None,
     original and M - 1 random distortions (test-time augmentation,
     scratchmeta.tta; protonet and matching); tta_queries=True the queries
     too. 1 (the default) is the plain evaluation. Baselines see no views.
+    transductive: None (the default) classifies each query on its own;
+    "softkmeans" first refines the prototypes with the episode's queries
+    (Ren et al. 2018 Eq. 4, `refine_steps` steps, default 1); "assignment"
+    assigns the queries to the classes one-to-one (each class the same
+    number of queries: it exploits the episodes' balanced queries).
+    scratchmeta.transductive; protonet only. Baselines are unchanged.
     """
     views = test_time.check_views(tta)
+    method = transduction.check_method(transductive)
+    if method is None and refine_steps is not None:
+        raise ValueError(f"refine_steps={refine_steps!r} needs transductive='softkmeans'")
+    if method is not None:
+        transduction.Transduction(method, refine_steps)     # bad values fail before the run loads
     config, learner, theta, step = train.load_run(run_dir)
     eval_config = copy.deepcopy(config)
     eval_config["task"].update(task_overrides(config["task"]["name"], shots, ways, queries, data_root,
@@ -48,6 +60,7 @@ def evaluate_run(run_dir, shots=None, ways=None, queries=None, inner_steps=None,
     sampler = train.make_sampler(eval_config, "test", seed=seed)
     # the distortions are drawn from the held-out seed, on a generator of their own
     test_time.install(learner, views, queries=tta_queries, seed=getattr(sampler, "seed", None))
+    transduction.install(learner, method, refine_steps)
     options = {} if inner_steps is None else {"inner_steps": inner_steps}
     if not baselines:
         options["baselines"] = False  # learners may skip costly baselines
@@ -67,6 +80,8 @@ def evaluate_run(run_dir, shots=None, ways=None, queries=None, inner_steps=None,
               "tasks": head["tasks"], "options": options, "baselines": {}, "metrics": {}}
     if views > 1:
         report["tta"] = learner.test_augmentation.config()
+    if method is not None:
+        report["transductive"] = learner.transduction.config()
     curves = {BY_K: {}, CLEAN_BY_K: {}}            # prefix -> k -> method -> mean
     for name, value in result.items():
         if name == learner.metric:
@@ -114,6 +129,12 @@ def format_report(report):
     if "tta" in report:
         tta, images = report["tta"], "support and query" if report["tta"]["queries"] else "support"
         lines.append(f"  test-time augmentation: each {images} image the mean of {tta['views']} views")
+    if "transductive" in report:
+        method = report["transductive"]["method"]
+        lines.append("  transductive: " + (
+            f"prototypes refined by {report['transductive']['refine_steps']} soft k-means step(s) "
+            f"over the queries" if method == "softkmeans" else
+            "queries assigned to the classes one-to-one (balanced queries assumed)"))
     for name, value in sorted(report["baselines"].items()):
         lines.append(f"  baseline {name:<14} {_pm(value)}")
     for name, value in sorted(report["metrics"].items()):

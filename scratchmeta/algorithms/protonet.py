@@ -190,6 +190,7 @@ class ProtoNet(TestBatchNorm, MetaLearner):
     metric = "accuracy"
     higher_is_better = True
     max_images = 1600         # per embedding pass in evaluate
+    transduction = None       # evaluate: an episode's queries classified together (transductive.py)
 
     def __init__(self, model, distance="euclidean", train_ways=None, fused_loss=False,
                  test_batch_norm="transductive"):
@@ -268,8 +269,12 @@ class ProtoNet(TestBatchNorm, MetaLearner):
         for start in range(0, n_tasks, per_pass):          # chunks of episodes, not single ones
             chunk = {k: batch[k][start:start + per_pass] for k in BATCH_KEYS}
             z_support, z_query = self.test_embed(theta, chunk)
-            losses, logp = self._losses(z_support, z_query, chunk, n_way)
-            parts["accuracy"].append(accuracy(logp, chunk["query_y"]))
+            if self.transduction is None:
+                losses, scores = self._losses(z_support, z_query, chunk, n_way)
+            else:                               # all the episode's queries at once (transductive.py)
+                logp, scores = self.transduction(self, z_support, chunk["support_y"], z_query, n_way)
+                losses = nll(logp, chunk["query_y"])
+            parts["accuracy"].append(accuracy(scores, chunk["query_y"]))
             parts["loss"].append(losses)
             if baselines:
                 sx, qx = as_tensor(chunk["support_x"]), as_tensor(chunk["query_x"])
