@@ -451,3 +451,26 @@ def test_max_pool_splits_the_gradient_between_tied_maxima():
     expect = np.array([[[[0.5, 0.5, 0.25, 0.25, 0.0, 1.0],
                          [0.0, 0.0, 0.25, 0.25, 0.0, 0.0]]]])
     np.testing.assert_array_equal(g.numpy(), expect)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_gelu_far_from_zero_equals_the_reference_without_overflow(dtype):
+    """The fast GELU's logistic form caps -2z at 80 (exp stays finite): far in the left
+    tail y and dy/dx are 0 to float precision, as the reference's tanh gives, with no
+    overflow warning; far right y = x and dy/dx = 1."""
+    x = np.array([-1e4, -60.0, -30.0, -8.0, -1.0, -1e-6, 0.0, 1e-6, 1.0, 8.0, 30.0, 1e4], dtype=dtype)
+    results = []
+    for on in (False, True):
+        previous = sm.use_fast_paths(on)
+        try:
+            xt = sm.tensor(device([x])[0], requires_grad=True)
+            y = F.gelu(xt)
+            (g,) = sm.grad(y.sum(), [xt])
+            results.append((y.numpy(), g.numpy()))
+        finally:
+            sm.use_fast_paths(previous)
+    (y_ref, g_ref), (y_fast, g_fast) = results
+    tol = 1e-6 if dtype == "float32" else 1e-14
+    np.testing.assert_allclose(y_fast, y_ref, rtol=tol, atol=tol)
+    np.testing.assert_allclose(g_fast, g_ref, rtol=tol, atol=tol)
+    assert abs(y_fast[0]) < 1e-29 and y_fast[-1] == x[-1] and g_fast[-1] == 1

@@ -1,10 +1,18 @@
 """Fast GELU and softmax: replace activations.gelu (forward and VJP) and
 activations.softmax (forward).
 
-- GELU in place: the forward builds t = tanh(c (x + a x^3)) and y in two
-  buffers instead of the ten temporaries of the one-line formula, and saves t;
-  a plain backward (grad mode off) computes the derivative from t on raw
-  arrays, in place, instead of recomputing the tanh in Tensor operations.
+- GELU in place: the forward builds s = (1 + tanh(z)) / 2, z = c (x + a x^3),
+  and y = x s in two buffers instead of the ten temporaries of the one-line
+  formula, and saves s; a plain backward (grad mode off) computes the
+  derivative from s on raw arrays, in place, instead of recomputing the tanh
+  in Tensor operations. s is computed as the logistic function of 2z,
+  (1 + tanh(z)) / 2 = 1 / (1 + exp(-2z)), because NumPy's exp is 1.7 times
+  faster than its tanh in float32 and 3 times in float64 (0.63 against 1.09 ms
+  and 1.6 against 4.8 ms on the ICL step's (64, 30, 128) activations); -2z is
+  capped at 80, where s < 2e-35 and y is 0 to float precision either way, so
+  that exp stays finite. With 1 - tanh(z)^2 = 4 s (1 - s), the derivative is
+
+      dy/dx = s + 2 x s (1 - s) c (1 + 3 a x^2).
 - Softmax in place: exp and the division write into one buffer; the row max
   and the row sum over a short last axis by reductions.last_max and
   trailing_sum (NumPy reduces such an axis one row at a time). A plain
@@ -23,29 +31,29 @@ _C, _A = activations._C, activations._A
 
 
 def _gelu_forward(x):
-    t = xp.asarray(x * x)                 # an array also when x is 0-d
-    t *= _A
-    t += 1
-    t *= x
-    t *= _C
-    xp.tanh(t, out=t)                     # t = tanh(c (x + a x^3))
-    y = xp.asarray(t + 1)
-    y *= x
-    y *= 0.5
-    return Saved(y, t=t)
+    s = xp.asarray(x * x)                 # an array also when x is 0-d
+    s *= _A
+    s += 1
+    s *= x
+    s *= -2 * _C                          # -2z
+    xp.minimum(s, 80, out=s)              # exp(80) is finite in float32
+    xp.exp(s, out=s)
+    s += 1
+    xp.reciprocal(s, out=s)               # s = 1 / (1 + exp(-2z)) = (1 + tanh(z)) / 2
+    return Saved(x * s, s=s)
 
 
 def _gelu_vjp(g, out, x, saved=None):
     if is_grad_enabled():
         return activations.gelu.vjp_fn(g, out, x)
-    x, t = x.data, saved["t"]
+    x, s = x.data, saved["s"]
     d = xp.asarray(x * x)                 # raw arrays, nothing differentiates this
     d *= 3 * _A
     d += 1
     d *= x
-    d *= 1 - t * t
-    d *= 0.5 * _C
-    d += 0.5 * (1 + t)
+    d *= s * (1 - s)
+    d *= 2 * _C
+    d += s                                # s + 2 x s (1 - s) c (1 + 3 a x^2)
     d *= g.data
     return (Tensor(d),)
 
