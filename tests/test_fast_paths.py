@@ -474,3 +474,32 @@ def test_gelu_far_from_zero_equals_the_reference_without_overflow(dtype):
     np.testing.assert_allclose(y_fast, y_ref, rtol=tol, atol=tol)
     np.testing.assert_allclose(g_fast, g_ref, rtol=tol, atol=tol)
     assert abs(y_fast[0]) < 1e-29 and y_fast[-1] == x[-1] and g_fast[-1] == 1
+
+
+@pytest.mark.parametrize("dtype, gap", [("float32", 60.0), ("float64", 400.0)])
+@pytest.mark.parametrize("causal", [True, False])
+def test_attention_with_a_row_far_below_the_top_shifts_each_row(monkeypatch, dtype, gap, causal):
+    """The fused attention shifts all scores by their one maximum; a row whose scores
+    all lie `gap` below it (its sum of exps near underflow) takes the per-row shift,
+    and both give the reference's values and gradients."""
+    from scratchmeta.fast import attention
+    taken = []
+    real = attention._row_shifted
+    monkeypatch.setattr(attention, "_row_shifted", lambda *a, **k: taken.append(1) or real(*a, **k))
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.standard_normal((2, 3, 1)) for _ in range(3))
+    k[...] = 1.0
+    results = []
+    for shift in (0.0, gap):
+        qs = q.copy()
+        qs[0, 1, 0] -= shift                       # one row's scores `shift` lower than the rest
+        arrays = [a.astype(dtype) for a in (qs, k, v)]
+        fn = lambda q, k, v: transformer.attention(q, k, v, causal=causal)      # noqa: E731
+        before = len(taken)
+        value, first, second = _derivatives(fn, arrays, on=True)
+        results.append(len(taken) > before)
+        ref_value, ref_first, ref_second = _derivatives(fn, arrays, on=False)
+        rtol = 1e-5 if dtype == "float32" else 1e-12
+        _close(ref_value, value, rtol)
+        _close(ref_first, first, rtol)
+    assert results == [False, True]                # the shared shift, then the per-row one

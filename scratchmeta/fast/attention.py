@@ -69,8 +69,36 @@ replace_composite(F.softmax, _softmax,
 
 
 def _fused_attention_forward(q, k, v, causal=True):
-    """softmax(q k^T / sqrt(d) + M) v on raw arrays; the probabilities saved."""
+    """softmax(q k^T / sqrt(d) + M) v on raw arrays; the probabilities saved.
+
+    A softmax is unchanged by the number subtracted from its row before the
+    exp, so one number serves every row: the largest score of all, one fast
+    reduction, where a maximum per row of 30 runs at NumPy's short-row speed
+    (0.63 against 0.02 ms on the ICL step's (64, 4, 30, 30) scores). The
+    causal mask then zeroes the masked probabilities (a product with the
+    boolean mask) instead of writing MASKED scores first. A row whose
+    largest score lies so far below the top that its sum of exps nears
+    underflow (below sqrt of the dtype's smallest normal number) would lose
+    precision: then every row is shifted by its own maximum (_row_shifted).
+    """
     p = q @ xp.swapaxes(k, -1, -2)                                  # (..., L, L) scores
+    p *= 1.0 / math.sqrt(q.shape[-1])
+    if p.size == 0:
+        return _row_shifted(q, k, v, causal)
+    p -= p.max()
+    xp.exp(p, out=p)
+    if causal:
+        p *= transformer.causal_mask(p.shape[-1])                   # masked: exactly 0
+    total = trailing_sum(p, (-1,))
+    if bool((total < math.sqrt(xp.finfo(p.dtype).tiny)).any()):
+        return _row_shifted(q, k, v, causal)
+    p /= total
+    return Saved(p @ v, p=p)
+
+
+def _row_shifted(q, k, v, causal=True):
+    """The same with each row shifted by its own maximum, the masked scores MASKED."""
+    p = q @ xp.swapaxes(k, -1, -2)
     p *= 1.0 / math.sqrt(q.shape[-1])
     if causal:                                                      # masked_fill
         p = xp.where(transformer.causal_mask(p.shape[-1]), p, xp.asarray(F.MASKED, dtype=p.dtype))
