@@ -49,3 +49,18 @@ def needs(module, extra):
     import pytest
     return pytest.mark.skipif(importlib.util.find_spec(module) is None,
                               reason=f"needs {module}: pip install -e '.[{extra}]'")
+
+
+def assert_cli_refuses(main, base, cases, capsys, help_mentions=None):
+    """Each (flags, message) of `cases`: main(base + flags) exits with status 2 and
+    prints `message` on stderr; with help_mentions, `eval --help` shows that text."""
+    import pytest
+    for flags, message in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            main(base + flags)
+        assert exit_info.value.code == 2
+        assert message in capsys.readouterr().err
+    if help_mentions is not None:
+        with pytest.raises(SystemExit):
+            main(["eval", "--help"])
+        assert help_mentions in capsys.readouterr().out

@@ -10,6 +10,7 @@ from scratchmeta import backend, cli, evaluation, train, transductive
 from scratchmeta.algorithms import protonet
 from scratchmeta.backend import to_numpy
 from scratchmeta.tasks import registry
+from helpers import assert_cli_refuses
 
 TINY_MODEL = {"hidden": 8}                 # Conv4-8: the behaviour, not the accuracy
 
@@ -188,16 +189,10 @@ def test_cli_transductive_flags(run, capsys):
     assert report["transductive"] == {"method": "softkmeans", "refine_steps": 3}
     assert cli.main(common + ["--transductive", "assignment"]) == 0
     assert "queries assigned to the classes one-to-one" in capsys.readouterr().out
-    for flags, message in ((["--transductive", "kmeans"], "invalid choice: 'kmeans'"),
-                           (["--transductive", "softkmeans", "--refine-steps", "0"],
-                            "must be at least 1, got 0"),
-                           (["--refine-steps", "2"], "--refine-steps needs --transductive softkmeans"),
-                           (["--transductive", "assignment", "--refine-steps", "2"],
-                            "--refine-steps needs --transductive softkmeans")):
-        with pytest.raises(SystemExit) as exit_info:
-            cli.main(common + flags)
-        assert exit_info.value.code == 2
-        assert message in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        cli.main(["eval", "--help"])
-    assert "--transductive" in capsys.readouterr().out
+    needs_softkmeans = "--refine-steps needs --transductive softkmeans"
+    refusals = [(["--transductive", "kmeans"], "invalid choice: 'kmeans'"),
+                (["--transductive", "softkmeans", "--refine-steps", "0"],
+                 "must be at least 1, got 0"),
+                (["--refine-steps", "2"], needs_softkmeans),
+                (["--transductive", "assignment", "--refine-steps", "2"], needs_softkmeans)]
+    assert_cli_refuses(cli.main, common, refusals, capsys, help_mentions="--transductive")

@@ -7,6 +7,7 @@ import pytest
 from scratchmeta import cli, evaluation, train, tta
 from scratchmeta.backend import to_numpy
 from scratchmeta.tasks import registry
+from helpers import assert_cli_refuses
 
 TINY_MODEL = {"hidden": 8}                 # Conv4-8: the behaviour, not the accuracy
 
@@ -153,13 +154,7 @@ def test_cli_tta_flag(runs, capsys):
     assert report["tta"]["views"] == 3 and report["tta"]["queries"] is True
     assert cli.main(common[:-1] + ["--tta", "3"]) == 0
     assert "each support image the mean of 3 views" in capsys.readouterr().out
-    for flags, message in ((["--tta", "0"], "must be at least 1, got 0"),
-                           (["--tta", "2.5"], "expected an integer, got '2.5'"),
-                           (["--tta-queries"], "--tta-queries needs --tta M with M > 1")):
-        with pytest.raises(SystemExit) as exit_info:
-            cli.main(common + flags)
-        assert exit_info.value.code == 2
-        assert message in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        cli.main(["eval", "--help"])
-    assert "--tta M" in capsys.readouterr().out
+    refusals = [(["--tta", "0"], "must be at least 1, got 0"),
+                (["--tta", "2.5"], "expected an integer, got '2.5'"),
+                (["--tta-queries"], "--tta-queries needs --tta M with M > 1")]
+    assert_cli_refuses(cli.main, common, refusals, capsys, help_mentions="--tta M")
