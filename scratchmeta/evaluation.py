@@ -44,11 +44,7 @@ def evaluate_run(run_dir, shots=None, ways=None, queries=None, inner_steps=None,
     scratchmeta.transductive; protonet only. Baselines are unchanged.
     """
     views = test_time.check_views(tta)
-    method = transduction.check_method(transductive)
-    if method is None and refine_steps is not None:
-        raise ValueError(f"refine_steps={refine_steps!r} needs transductive='softkmeans'")
-    if method is not None:
-        transduction.Transduction(method, refine_steps)     # bad values fail before the run loads
+    transducer = transduction.make(transductive, refine_steps)     # fails before the run loads
     config, learner, theta, step = train.load_run(run_dir)
     eval_config = copy.deepcopy(config)
     eval_config["task"].update(task_overrides(config["task"]["name"], shots, ways, queries, data_root,
@@ -60,7 +56,7 @@ def evaluate_run(run_dir, shots=None, ways=None, queries=None, inner_steps=None,
     sampler = train.make_sampler(eval_config, "test", seed=seed)
     # the distortions are drawn from the held-out seed, on a generator of their own
     test_time.install(learner, views, queries=tta_queries, seed=getattr(sampler, "seed", None))
-    transduction.install(learner, method, refine_steps)
+    transduction.install(learner, transducer)
     options = {} if inner_steps is None else {"inner_steps": inner_steps}
     if not baselines:
         options["baselines"] = False  # learners may skip costly baselines
@@ -80,7 +76,7 @@ def evaluate_run(run_dir, shots=None, ways=None, queries=None, inner_steps=None,
               "tasks": head["tasks"], "options": options, "baselines": {}, "metrics": {}}
     if views > 1:
         report["tta"] = learner.test_augmentation.config()
-    if method is not None:
+    if transducer is not None:
         report["transductive"] = learner.transduction.config()
     curves = {BY_K: {}, CLEAN_BY_K: {}}            # prefix -> k -> method -> mean
     for name, value in result.items():

@@ -134,20 +134,25 @@ class Transduction:
         return logp, one_hot(backend.asarray(chosen), n_way, logp.dtype)
 
 
-def install(learner, method, steps=None):
-    """Give `learner` transductive inference at evaluation (method None leaves it unchanged).
+def make(method, steps=None):
+    """The Transduction for `method` and `steps`, or None for method None (off).
 
-    A ValueError names a bad method or step count, steps given without
-    "softkmeans", or a learner without prototypes (only protonet has them).
+    A ValueError names a bad method or step count, or steps given without "softkmeans".
     """
-    method = check_method(method)
-    if method is None:
+    if check_method(method) is None:
         if steps is not None:
-            raise ValueError("refine_steps needs transductive='softkmeans'")
+            raise ValueError(f"refine_steps={steps!r} needs transductive='softkmeans'")
+        return None
+    return Transduction(method, steps)
+
+
+def install(learner, transduction):
+    """Give `learner` the Transduction `transduction` at evaluation (None leaves it unchanged);
+    a ValueError for a learner without prototypes (only protonet has them)."""
+    if transduction is None:
         return learner
-    transduction = Transduction(method, steps)
     if learner.name != "protonet":
-        raise ValueError(f"transductive={method!r}: {learner.name} has no prototypes; transductive "
-                         f"inference applies to protonet")
+        raise ValueError(f"transductive={transduction.method!r}: {learner.name} has no prototypes; "
+                         f"transductive inference applies to protonet")
     learner.transduction = transduction
     return learner

@@ -62,12 +62,27 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
 
 
-@pytest.fixture(autouse=True)
-def _restore_engine_state():
-    """Give every test the backend, default dtype and grad mode it started with."""
+def _engine_state():
     state = backend._state
-    saved = (state["name"], state["module"], state["dtype"], tensor_module._grad_enabled[0],
-             tensor_module._fast_paths[0])
-    yield
+    return (state["name"], state["module"], state["dtype"], tensor_module._grad_enabled[0],
+            tensor_module._fast_paths[0])
+
+
+def _set_engine_state(saved):
+    state = backend._state
     state["name"], state["module"], state["dtype"] = saved[:3]
     tensor_module._grad_enabled[0], tensor_module._fast_paths[0] = saved[3:]
+
+
+_SESSION_ENGINE_STATE = _engine_state()
+
+
+@pytest.fixture(autouse=True)
+def _restore_engine_state():
+    """Give every test the backend, default dtype and grad mode the session started
+    with, before it and after it: a module-scoped fixture (a training run, which sets
+    the run's dtype) is set up before this fixture, so saving the state at the test's
+    start would keep what that fixture changed for the rest of the session."""
+    _set_engine_state(_SESSION_ENGINE_STATE)
+    yield
+    _set_engine_state(_SESSION_ENGINE_STATE)

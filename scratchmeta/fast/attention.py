@@ -68,6 +68,13 @@ replace_composite(F.softmax, _softmax,
                       "forward or backward")
 
 
+def _scores(q, k):
+    """S = q k^T / sqrt(d), (..., L, L)."""
+    p = q @ xp.swapaxes(k, -1, -2)
+    p *= 1.0 / math.sqrt(q.shape[-1])
+    return p
+
+
 def _fused_attention_forward(q, k, v, causal=True):
     """softmax(q k^T / sqrt(d) + M) v on raw arrays; the probabilities saved.
 
@@ -81,8 +88,7 @@ def _fused_attention_forward(q, k, v, causal=True):
     underflow (below sqrt of the dtype's smallest normal number) would lose
     precision: then every row is shifted by its own maximum (_row_shifted).
     """
-    p = q @ xp.swapaxes(k, -1, -2)                                  # (..., L, L) scores
-    p *= 1.0 / math.sqrt(q.shape[-1])
+    p = _scores(q, k)
     if p.size == 0:
         return _row_shifted(q, k, v, causal)
     p -= p.max()
@@ -98,8 +104,7 @@ def _fused_attention_forward(q, k, v, causal=True):
 
 def _row_shifted(q, k, v, causal=True):
     """The same with each row shifted by its own maximum, the masked scores MASKED."""
-    p = q @ xp.swapaxes(k, -1, -2)
-    p *= 1.0 / math.sqrt(q.shape[-1])
+    p = _scores(q, k)
     if causal:                                                      # masked_fill
         p = xp.where(transformer.causal_mask(p.shape[-1]), p, xp.asarray(F.MASKED, dtype=p.dtype))
     p -= last_max(p)

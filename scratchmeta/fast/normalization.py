@@ -187,16 +187,21 @@ def _grad_x_vjp(u, out, g, x, w, axes, eps, mean, inv_std, g1, g2):
     return gg, gx, gw
 
 
-def _grad_x_vjp_tensors(u, g, x, w, axes, eps):
-    """The same derivatives in Tensor operations (a recorded backward: third order)."""
+def _standardized(x, axes, eps):
+    """s = 1/sigma and xhat = (x - mu) s in Tensor operations, and the mean over `axes`."""
     def mean(t):
         return t.mean(axis=axes, keepdims=True)
     centred = x - mean(x)
     s = (mean(centred * centred) + eps).sqrt() ** -1
-    xhat = centred * s
+    return s, centred * s, mean
+
+
+def _grad_x_vjp_tensors(u, g, x, w, axes, eps):
+    """The same derivatives in Tensor operations (a recorded backward: third order)."""
+    s, xhat, mean = _standardized(x, axes, eps)
     g2, u2 = mean(g * xhat), mean(u * xhat)
-    pg = g - mean(g) - xhat * g2
-    pu = u - mean(u) - xhat * u2
+    pg = g - mean(g) - xhat * g2                                            # P g
+    pu = u - mean(u) - xhat * u2                                            # P u
     gg = unbroadcast(w * s * pu, g.shape) if g.requires_grad else None
     gx = (unbroadcast((w * s * s) * (xhat * mean(u * pg) + g2 * pu + u2 * pg), x.shape) * -1
           if x.requires_grad else None)
@@ -210,14 +215,10 @@ def _grad_w_forward(g, x, axes, eps, mean, inv_std, g1, g2):
 
 
 def _grad_w_vjp(v, out, g, x, axes, eps, mean, inv_std, g1, g2):
-    if is_grad_enabled():
-        def mean_(t):
-            return t.mean(axis=axes, keepdims=True)
-        centred = x - mean_(x)
-        s = (mean_(centred * centred) + eps).sqrt() ** -1
-        xhat = centred * s
-        gg = v * xhat if g.requires_grad else None
-        gx = v * s * (g - mean_(g) - xhat * mean_(g * xhat)) if x.requires_grad else None
+    if is_grad_enabled():                                   # Tensor operations: third order
+        s, xhat, mean_ = _standardized(x, axes, eps)
+        gg = v * xhat if g.requires_grad else None                          # v xhat
+        gx = v * s * (g - mean_(g) - xhat * mean_(g * xhat)) if x.requires_grad else None   # v s P g
         return gg, gx
     xa, va = x.data, v.data
     gg = gx = None
