@@ -252,6 +252,8 @@ def validate_config(config, path=runs.CONFIG):
     for key, value in config["task"].items():
         if key.startswith(("k_", "n_")) and not (_is_int(value) and value >= 1):
             bad(f"task.{key}", value, "an integer >= 1")
+        if key == "reflections" and not isinstance(value, bool):
+            bad(f"task.{key}", value, "true or false")
     for section in ("model", "algo"):
         for key, value in config.get(section, {}).items():
             if key in ("inner_steps", "eval_inner_steps", "width", "depth", "heads", "hidden") \

@@ -34,6 +34,15 @@ drawings. Class id 4c + r is character c rotated by r * 90 degrees; val and
 test use only r = 0. Each class's group is its alphabet (a rotated
 character stays in its alphabet), which is what within-alphabet episodes
 draw from (EpisodeSampler's `groups`).
+
+Reflections (ours, off by default: `load_omniglot_minimal(reflections=True)`,
+the task key `reflections`): each training character's left-right mirror
+image, in each of the 4 rotations, is 4 more classes of its own: each
+training character gives 8 classes, one for each symmetry of the square,
+and meta-training has 8 x 179 = 1,432 classes. The existing ids do not change: class id 4C + 4c + r (C the
+number of characters, 242) is character c mirrored (flipped along the width
+axis) and then rotated by r * 90 degrees, named ".../rot{90 r}/mirror".
+Validation and test classes stay upright and unreflected.
 """
 import hashlib
 import io
@@ -140,17 +149,30 @@ def load_arrays(folder=FOLDER):
         return {name: npz[name] for name in npz.files}
 
 
-def load_omniglot_minimal(image_size=IMAGE_SIZE, rotations=True, folder=FOLDER):
+def check_reflections(reflections):
+    """reflections as a bool, or a ValueError naming the value."""
+    if not isinstance(reflections, (bool, host.bool_)):
+        raise ValueError(f"omniglot-minimal: reflections must be true or false, got {reflections!r}")
+    return bool(reflections)
+
+
+def load_omniglot_minimal(image_size=IMAGE_SIZE, rotations=True, folder=FOLDER, reflections=False):
     """The bundled sets as a Dataset, split by alphabet (see the module docstring).
 
     image_size: 28 reads the pre-decoded arrays; any other size decodes the
         zips (Pillow needed, a few seconds).
     rotations: each training character's rotations by 90, 180, 270 degrees
         are classes of their own (val and test stay upright).
+    reflections: each training character's mirror image (flipped along the
+        width axis), and with `rotations` its rotations too, are classes of
+        their own, with ids after every existing one (4C + 4c + r for
+        character c of C, rotated by r * 90 degrees after the flip); val and
+        test stay unreflected. Off by default.
     The Dataset's `groups[class id]` is the alphabet index of that class and
     `group_names` the alphabet names.
     """
     image_size = check_count("image_size", image_size)
+    reflections = check_reflections(reflections)
     arrays = load_arrays(folder) if image_size == IMAGE_SIZE else decode_zips(folder, image_size)
     alphabets = [str(a) for a in arrays["alphabets"]]
     names = [str(c) for c in arrays["characters"]]
@@ -162,21 +184,31 @@ def load_omniglot_minimal(image_size=IMAGE_SIZE, rotations=True, folder=FOLDER):
     char_split = [split_of.get(int(a), "train") for a in arrays["alphabet"]]
     base = (arrays["images"].astype(host.float32) / 255.0)[:, None]     # (n, 1, s, s)
     character = arrays["character"].astype(host.int64)
+    n_characters = len(names)
+    train = host.array([char_split[c] == "train" for c in character], dtype=bool)
     images, labels = [], []
     for r in range(4 if rotations else 1):
-        keep = (host.array([char_split[c] == "train" for c in character]) if r
-                else host.ones(len(character), dtype=bool))
+        keep = train if r else host.ones(len(character), dtype=bool)
         images.append(host.rot90(base[keep], r, axes=(2, 3)))
         labels.append(4 * character[keep] + r)
+    if reflections:                    # after every existing class, so their ids stay as they are
+        mirrored = host.flip(base[train], axis=3)
+        for r in range(4 if rotations else 1):
+            images.append(host.rot90(mirrored, r, axes=(2, 3)))
+            labels.append(4 * n_characters + 4 * character[train] + r)
     labels = host.concatenate(labels)
     present = host.unique(labels)
 
     def ids(split):
-        return present[host.array([char_split[c // 4] == split for c in present], dtype=bool)]
+        return present[host.array([char_split[(c % (4 * n_characters)) // 4] == split
+                                   for c in present], dtype=bool)]
 
+    class_names = tuple(f"{n}/rot{90 * r}" for n in names for r in range(4))
+    groups = host.repeat(arrays["alphabet"].astype(host.int64), 4)
+    if reflections:
+        class_names += tuple(f"{n}/rot{90 * r}/mirror" for n in names for r in range(4))
+        groups = host.concatenate([groups, groups])
     return Dataset(images=host.ascontiguousarray(host.concatenate(images)), labels=labels,
                    train_classes=ids("train"), val_classes=ids("val"), test_classes=ids("test"),
-                   name="omniglot-minimal",
-                   class_names=tuple(f"{n}/rot{90 * r}" for n in names for r in range(4)),
-                   groups=host.repeat(arrays["alphabet"].astype(host.int64), 4),
+                   name="omniglot-minimal", class_names=class_names, groups=groups,
                    group_names=tuple(alphabets))

@@ -14,7 +14,7 @@ from .datasets import load_digits
 from .glyphs import load_glyphs
 from .linreg import LinearRegressionPrompts
 from .omniglot import load_omniglot
-from .omniglot_minimal import load_omniglot_minimal
+from .omniglot_minimal import check_reflections, load_omniglot_minimal
 from .regression import Sinusoid
 
 HELD_OUT_SEED_OFFSET = 1_000_003
@@ -78,18 +78,39 @@ def load_dataset(name, root=None, **kw):
     return DATASETS[name](root=root, **kw)
 
 
-def dataset(name, root=None):
-    """load_dataset with default options, loaded once per process."""
-    key = (name, root)
+# options of a dataset that a task config may set (config["task"][key]), by dataset, and
+# their checks (before the cache: True and 1 are the same key of a dict)
+DATASET_OPTIONS = {"omniglot-minimal": ("reflections",)}
+_OPTION_CHECKS = {"reflections": check_reflections}
+
+
+def dataset(name, root=None, **options):
+    """load_dataset with the given options (default: none), loaded once per process and options."""
+    key = (name, root, tuple(sorted(options.items())))
     if key not in _LOADED:
-        _LOADED[key] = load_dataset(name, root=root)
+        _LOADED[key] = load_dataset(name, root=root, **options)
     return _LOADED[key]
+
+
+def _dataset_options(task):
+    """The dataset options that config["task"] sets; one its dataset does not have is an error."""
+    options = {}
+    for key in sorted({k for keys in DATASET_OPTIONS.values() for k in keys}):
+        if key not in task:
+            continue
+        if key not in DATASET_OPTIONS.get(task["name"], ()):
+            where = [n for n, keys in DATASET_OPTIONS.items() if key in keys]
+            raise ValueError(f"task.{key} applies to {', '.join(where)}, not {task['name']!r}")
+        options[key] = _OPTION_CHECKS[key](task[key])
+    if options.get("reflections") is False:          # the default: the same dataset object as without
+        del options["reflections"]
+    return options
 
 
 # -- samplers -------------------------------------------------------------------------
 def _episodes(task, split, seed, algo):
     """N-way K-shot episodes of an image set (task["name"] names the dataset)."""
-    data = dataset(task["name"], task.get("data_root"))
+    data = dataset(task["name"], task.get("data_root"), **_dataset_options(task))
     n_way, k_shot, n_query = task["n_way"], task["k_shot"], task["n_query"]
     augment = None                 # held-out episodes are never augmented
     if split == "train":   # ProtoNets may train on more ways (and other queries) than they test
